@@ -1,0 +1,1 @@
+"""app: the Streamlit user interface (widgets -> library call -> render)."""
