@@ -1,0 +1,342 @@
+"""Read what training runs wrote: run directories, tidy metrics, claims, and the paper's published metric logs.
+
+The app's LLM page and scripts read runs through these functions only, so the file formats live in one place:
+
+- an ``llm`` run directory holds ``config.json``, ``env.json`` and ``metrics.jsonl`` with tidy rows
+  ``{step, examples_seen, phase, probe, statistic, value}``; training rows may instead carry TRL-named columns
+  (``loss``, ``rewards/margins``, ...) that are melted into the same tidy shape with ``probe = "train"``;
+- a validation run adds ``claims.json`` (the claims scoreboard) and ``report.md``;
+- the paper's code wrote one Python-style JSON line (bare ``NaN``) per evaluation, every 1000 training examples,
+  with keys ``logps_eval_prob_train/<probe>`` (summed log-prob, nats), ``<probe>_A_o`` (||A||_F averaged over
+  tokens), ``argmax_prob_logits`` (teacher-forced argmax along the y+ prefix), ``p_e`` and ``energy``.
+
+Every table returned here is a pandas DataFrame in long ("tidy") form; errors are ValueError naming the file and,
+for line-oriented files, the line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+__all__ = [
+    "TIDY_COLUMNS", "REDUCTIONS", "PAPER_EVAL_EVERY",
+    "list_run_dirs", "read_run_config", "read_run_metrics", "read_runs", "read_paper_metrics", "read_claims",
+    "read_report", "select_reduction", "probe_curves", "training_curves", "overlay_with_paper", "curve_summary",
+    "claims_score",
+]
+
+TIDY_COLUMNS = ("run", "phase", "step", "examples_seen", "probe", "statistic", "value")
+TRAIN_PROBE = "train"
+PAPER_EVAL_EVERY = 1000  # the paper's code evaluated the probes every 1000 training examples (PAPER.md section 7)
+
+# How a log-prob statistic is reduced over the response tokens, recognised from the statistic's name.
+REDUCTIONS = {
+    "summed": ("logp_sum", "logps_sum", "sum_logp", "summed", "logp"),
+    "mean": ("logp_mean", "logps_mean", "mean_logp", "per_token_mean", "token_mean", "mean"),
+}
+
+_PAPER_LOGP_PREFIX = "logps_eval_prob_train/"
+_PAPER_NORM_SUFFIX = "_A_o"
+_PAPER_SCALARS = {  # paper key -> (probe, statistic)
+    "argmax_prob_logits": ("argmax_teacher_forced", "logp_sum"),
+    "except_argmax_prob_logits": ("except_argmax", "logp_sum"),
+    "p_e": ("chosen", "pi_minus_e_norm"),
+    "energy": ("chosen", "energy"),
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Run directories.
+
+def list_run_dirs(folder: str | Path) -> list[Path]:
+    """Return the run directories under ``folder`` (it or any sub-folder holding ``metrics.jsonl``), sorted.
+
+    Raises:
+        ValueError: ``folder`` does not exist or is not a directory.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"run folder {folder} does not exist or is not a directory")
+    found = {p.parent for p in folder.rglob("metrics.jsonl")}
+    return sorted(found)
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """Return the run's ``config.json`` as a dict (empty when the run has none)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return {}
+    return _read_json_file(path)
+
+
+def _read_json_file(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+
+
+def _number(value: Any, where: str) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: expected a number, got {value!r}")
+    return float(value)
+
+
+def _tidy_rows_of(row: dict[str, Any], where: str) -> list[dict[str, Any]]:
+    """Turn one metrics.jsonl object into tidy rows (a tidy row stays one row; a TRL-style row is melted)."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if "step" not in row:
+        raise ValueError(f"{where}: row has no 'step' (keys: {sorted(row)})")
+    step = int(_number(row["step"], f"{where}: step"))
+    examples = row.get("examples_seen", step)
+    base = {"phase": str(row.get("phase", "")), "step": step,
+            "examples_seen": int(_number(examples, f"{where}: examples_seen"))}
+    if "value" in row:
+        statistic = row.get("statistic", row.get("metric"))
+        if statistic is None:
+            raise ValueError(f"{where}: row has a 'value' but no 'statistic' (keys: {sorted(row)})")
+        probe = row.get("probe") or TRAIN_PROBE
+        return [{**base, "probe": str(probe), "statistic": str(statistic),
+                 "value": _number(row["value"], f"{where}: value")}]
+    skip = {"step", "examples_seen", "phase", "probe", "epoch", "time", "elapsed_s"}
+    return [{**base, "probe": TRAIN_PROBE, "statistic": str(k), "value": _number(v, f"{where}: {k}")}
+            for k, v in row.items() if k not in skip and not isinstance(v, str)]
+
+
+def read_run_metrics(run_dir: str | Path, run: str | None = None) -> pd.DataFrame:
+    """Read a run's ``metrics.jsonl`` into a tidy table with columns :data:`TIDY_COLUMNS`.
+
+    Args:
+        run_dir: a run directory (or a ``metrics.jsonl`` file itself).
+        run: the label put in the ``run`` column; default the directory's name.
+
+    Raises:
+        ValueError: the file is missing, empty, or a line is not valid JSON / lacks ``step`` (file and line named).
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "metrics.jsonl"
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: is {path.parent} a run directory?")
+    label = run if run is not None else path.parent.name
+    rows: list[dict[str, Any]] = []
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
+            rows.extend(_tidy_rows_of(obj, where))
+    if not rows:
+        raise ValueError(f"{path} holds no metric rows")
+    table = pd.DataFrame(rows)
+    table.insert(0, "run", label)
+    return table[list(TIDY_COLUMNS)]
+
+
+def read_runs(run_dirs: Iterable[str | Path]) -> pd.DataFrame:
+    """Read several runs into one tidy table, labelled by directory name (made unique by the parent's name)."""
+    dirs = [Path(d) for d in run_dirs]
+    if not dirs:
+        raise ValueError("no run directories given")
+    names = [d.name for d in dirs]
+    labels = [f"{d.parent.name}/{d.name}" if names.count(d.name) > 1 else d.name for d in dirs]
+    return pd.concat([read_run_metrics(d, run=label) for d, label in zip(dirs, labels)], ignore_index=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The paper's metric logs.
+
+def read_paper_metrics(path: str | Path, run: str | None = None,
+                       eval_every: int = PAPER_EVAL_EVERY) -> pd.DataFrame:
+    """Read a metrics log written by the paper's code into a tidy table with columns :data:`TIDY_COLUMNS`.
+
+    Line ``i`` (0-based) is the evaluation after ``i * eval_every`` training examples. Probe log-probs become
+    statistic ``logp_sum`` (summed over tokens, as the paper logged them), ``<probe>_A_o`` becomes ``A_norm``
+    (||A||_F averaged over tokens); ``argmax_prob_logits`` is the TEACHER-FORCED argmax along the y+ prefix
+    (probe ``argmax_teacher_forced``). NaN values (bare ``NaN`` in the file) are kept as NaN.
+
+    Raises:
+        ValueError: the file is missing or empty, or a line is not a JSON object of numbers (file and line named).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"paper metrics file {path} does not exist or is not a file")
+    if eval_every <= 0:
+        raise ValueError(f"eval_every must be > 0, got {eval_every}")
+    label = run if run is not None else path.stem
+    rows: list[dict[str, Any]] = []
+    evaluation = 0
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                obj = json.loads(line)  # Python's json accepts the bare NaN the paper's code wrote
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            base = {"run": label, "phase": "paper", "step": evaluation,
+                    "examples_seen": evaluation * eval_every}
+            for key, value in obj.items():
+                probe, statistic = _paper_key(key)
+                rows.append({**base, "probe": probe, "statistic": statistic, "value": _number(value, f"{where}: {key}")})
+            evaluation += 1
+    if not rows:
+        raise ValueError(f"paper metrics file {path} holds no evaluations")
+    return pd.DataFrame(rows)[list(TIDY_COLUMNS)]
+
+
+def _paper_key(key: str) -> tuple[str, str]:
+    if key.startswith(_PAPER_LOGP_PREFIX):
+        return key[len(_PAPER_LOGP_PREFIX):], "logp_sum"
+    if key.endswith(_PAPER_NORM_SUFFIX):
+        return key[: -len(_PAPER_NORM_SUFFIX)], "A_norm"
+    return _PAPER_SCALARS.get(key, (key, "value"))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Validation outputs.
+
+def read_claims(run_dir: str | Path) -> pd.DataFrame:
+    """Read a validation run's ``claims.json`` into a table: one row per claim.
+
+    Accepts a list of claim objects or ``{"claims": [...]}``; the columns are the union of the claims' keys, with
+    ``name`` first and a boolean ``passed`` (from ``passed``/``holds``/``pass``).
+
+    Raises:
+        ValueError: the run has no ``claims.json``, or it is malformed (the file is named).
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "claims.json"
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: {path.parent} is not a validation run")
+    data = _read_json_file(path)
+    claims = data.get("claims", data) if isinstance(data, dict) else data
+    if isinstance(claims, dict):
+        claims = [{"name": k, **(v if isinstance(v, dict) else {"value": v})} for k, v in claims.items()]
+    if not isinstance(claims, list) or not all(isinstance(c, dict) for c in claims):
+        raise ValueError(f"{path}: expected a list of claim objects (or {{'claims': [...]}}), got {type(claims).__name__}")
+    if not claims:
+        raise ValueError(f"{path} lists no claims")
+    table = pd.DataFrame(claims)
+    for flag in ("passed", "holds", "pass"):
+        if flag in table.columns:
+            table["passed"] = table.pop(flag).astype(bool)
+            break
+    if "name" not in table.columns:
+        for alt in ("claim", "id", "key"):
+            if alt in table.columns:
+                table = table.rename(columns={alt: "name"})
+                break
+    first = [c for c in ("name", "passed") if c in table.columns]
+    return table[first + [c for c in table.columns if c not in first]]
+
+
+def read_report(run_dir: str | Path) -> str | None:
+    """Return the text of the run's ``report.md``, or None when it has none."""
+    path = Path(run_dir) / "report.md"
+    return path.read_text() if path.exists() else None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Tables for plotting.
+
+def _reduction_of(statistic: str) -> str | None:
+    name = statistic.lower()
+    for reduction, names in REDUCTIONS.items():
+        if name in names:
+            return reduction
+    return None
+
+
+def select_reduction(table: pd.DataFrame, reduction: str) -> pd.DataFrame:
+    """Keep the probe log-prob rows reduced over tokens as ``reduction`` ("summed" or "mean")."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {list(REDUCTIONS)}, got {reduction!r}")
+    keep = table["statistic"].map(_reduction_of) == reduction
+    return table[keep & (table["probe"] != TRAIN_PROBE)].reset_index(drop=True)
+
+
+def probe_curves(table: pd.DataFrame, reduction: str = "summed", phase: str | None = None,
+                 probes: Iterable[str] | None = None) -> pd.DataFrame:
+    """Return the probe log-prob curves: columns run, phase, examples_seen, probe, value, sorted for plotting."""
+    curves = select_reduction(table, reduction)
+    if phase is not None:
+        curves = curves[curves["phase"] == phase]
+    if probes is not None:
+        curves = curves[curves["probe"].isin(list(probes))]
+    cols = ["run", "phase", "examples_seen", "probe", "value"]
+    return curves[cols].sort_values(["run", "phase", "probe", "examples_seen"]).reset_index(drop=True)
+
+
+def training_curves(table: pd.DataFrame, statistics: Iterable[str] | None = None) -> pd.DataFrame:
+    """Return the training rows (loss, rewards/..., TRL names): columns run, phase, step, statistic, value."""
+    rows = table[table["probe"] == TRAIN_PROBE]
+    if statistics is not None:
+        rows = rows[rows["statistic"].isin(list(statistics))]
+    return rows[["run", "phase", "step", "statistic", "value"]].sort_values(["run", "phase", "statistic", "step"]) \
+        .reset_index(drop=True)
+
+
+def overlay_with_paper(curves: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Put run curves and the paper's summed curves on one axis of training progress for the probes both have.
+
+    Progress is ``examples_seen / max examples_seen`` within each (run, phase) and within the paper file, so curves of
+    runs of different lengths share the x axis. Returns columns source, probe, progress, value.
+
+    Args:
+        curves: output of :func:`probe_curves` (summed; per-token means are not comparable with the paper's log).
+        paper: output of :func:`read_paper_metrics`.
+    """
+    ours = curves.assign(source=curves["run"] + " (" + curves["phase"] + ")")
+    theirs = paper[paper["statistic"] == "logp_sum"].assign(source="paper: " + paper["run"])
+    shared = set(ours["probe"]) & set(theirs["probe"])
+    both = pd.concat([ours[ours["probe"].isin(shared)], theirs[theirs["probe"].isin(shared)]], ignore_index=True)
+    if both.empty:
+        return pd.DataFrame(columns=["source", "probe", "progress", "value"])
+    last = both.groupby("source")["examples_seen"].transform("max").clip(lower=1)
+    both = both.assign(progress=both["examples_seen"] / last)
+    return both[["source", "probe", "progress", "value"]].sort_values(["source", "probe", "progress"]) \
+        .reset_index(drop=True)
+
+
+def curve_summary(curves: pd.DataFrame) -> pd.DataFrame:
+    """Return the first and last value of every curve and their difference (last minus first).
+
+    Args:
+        curves: output of :func:`probe_curves` (columns run, phase, examples_seen, probe, value).
+
+    Returns:
+        one row per (run, phase, probe) with columns start, end, change, and the examples seen at the end.
+    """
+    if curves.empty:
+        return pd.DataFrame(columns=["run", "phase", "probe", "start", "end", "change", "examples_seen"])
+    ordered = curves.sort_values("examples_seen")
+    groups = ordered.groupby(["run", "phase", "probe"], sort=True)
+    out = pd.DataFrame({"start": groups["value"].first(), "end": groups["value"].last(),
+                        "examples_seen": groups["examples_seen"].last()})
+    out["change"] = out["end"] - out["start"]
+    return out[["start", "end", "change", "examples_seen"]].reset_index()
+
+
+def claims_score(claims: pd.DataFrame) -> tuple[int, int]:
+    """Return (claims that held, claims with a verdict) for a table from :func:`read_claims`."""
+    if "passed" not in claims.columns:
+        return 0, 0
+    verdicts = claims["passed"].dropna()
+    return int(verdicts.astype(bool).sum()), int(len(verdicts))

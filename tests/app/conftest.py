@@ -1,0 +1,16 @@
+"""Fixtures for the app tests."""
+
+from pathlib import Path
+
+import pytest
+
+from tests.app.harness import write_tidy_run
+
+
+@pytest.fixture
+def run_folder(tmp_path) -> Path:
+    """A folder with two runs (baseline, extend) of different decay; extend is a validation run with claims."""
+    folder = tmp_path / "runs"
+    write_tidy_run(folder / "baseline", decay=1.0)
+    write_tidy_run(folder / "extend", decay=0.5, with_claims=True)
+    return folder
