@@ -21,6 +21,7 @@ from torch.func import functional_call, grad, jvp
 
 from toykit.losses import compute_loss, get_loss
 from toykit.ntk import _check_preconditioner, empirical_ntk, trainable_params
+from toykit.residuals import residual
 from toykit.softmax import log_softmax_jacobian
 
 __all__ = ["Decomposition", "EtaSweep", "decompose", "eta_sweep", "diagonal_preconditioner", "loglog_slope"]
@@ -164,10 +165,10 @@ def _f(prob: _Problem, params: Params, x: torch.Tensor) -> torch.Tensor:
 
 
 def _residual(prob: _Problem) -> torch.Tensor:
-    """G = dL/dz at x_u by autograd through the registry's loss: (V,)."""
-    z_u = _f(prob, prob.params, prob.x_u).detach().requires_grad_(True)  # (1, V)
-    (G,) = torch.autograd.grad(_loss_from_logits(prob, z_u), z_u)
-    return G[0]
+    """G = dL/dz at x_u in closed form (chosen and rejected terms share x_u, so they add): (V,)."""
+    z_u = _f(prob, prob.params, prob.x_u).detach()  # (1, V)
+    res = residual(prob.loss, z_u, prob.y_u, None, prob.y_rejected, **prob.refs, **prob.hparams)
+    return res.G[0]
 
 
 def _first_order(prob: _Problem) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
