@@ -5,7 +5,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-__all__ = ["line_chart", "bar_chart", "heatmap", "PROBE_LABELS"]
+__all__ = ["line_chart", "point_chart", "bar_chart", "heatmap", "PROBE_LABELS"]
 
 # The paper's probe keys (../shared/data/NOTICE.md) with the paper's symbols, for legends.
 PROBE_LABELS = {
@@ -42,14 +42,24 @@ def line_chart(data: pd.DataFrame, x: str, y: str, color: str, *, x_title: str, 
     return alt.Chart(data, title=title).mark_line(point=True).encode(**encoding).properties(height=height)
 
 
+def point_chart(data: pd.DataFrame, x: str, y: str, color: str, *, x_title: str, y_title: str, title: str = "",
+                log_y: bool = False, color_title: str | None = None, height: int = 300) -> alt.Chart:
+    """Return a scatter of tidy ``data`` (a log y axis works here, unlike bars that start at 0)."""
+    y_scale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
+    return alt.Chart(data, title=title).mark_point(filled=True, size=30).encode(
+        x=alt.X(x, type="quantitative", title=x_title),
+        y=alt.Y(y, type="quantitative", title=y_title, scale=y_scale),
+        color=alt.Color(color, type="nominal", title=color_title or color),
+        tooltip=[c for c in (x, y, color) if c],
+    ).properties(height=height)
+
+
 def bar_chart(data: pd.DataFrame, x: str, y: str, color: str, *, x_title: str, y_title: str, title: str = "",
-              offset: str | None = None, log_y: bool = False, color_title: str | None = None,
-              height: int = 300) -> alt.Chart:
+              offset: str | None = None, color_title: str | None = None, height: int = 300) -> alt.Chart:
     """Return a bar chart (bars side by side per ``offset`` when given) with labelled axes and a legend."""
-    y_scale = alt.Scale(type="log") if log_y else alt.Scale()
     encoding = {
         "x": alt.X(x, type="ordinal", title=x_title),
-        "y": alt.Y(y, type="quantitative", title=y_title, scale=y_scale),
+        "y": alt.Y(y, type="quantitative", title=y_title),
         "color": alt.Color(color, type="nominal", title=color_title or color),
         "tooltip": [c for c in (x, y, color) if c],
     }

@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from app.charts import bar_chart, line_chart
+from app.charts import bar_chart, line_chart, point_chart
 from toykit.experiments import squeeze_explorer
 
 st.set_page_config(page_title="Squeezing explorer", layout="wide")
@@ -72,9 +72,9 @@ frame = pd.DataFrame(table)
 left, right = st.columns(2)
 left.altair_chart(bar_chart(frame, "label", "pi", "when", offset="when", x_title="label", y_title="pi(label)",
                             color_title="distribution", title="pi before and after (linear scale)"), width="stretch")
-right.altair_chart(bar_chart(frame, "label", "pi", "when", offset="when", x_title="label",
-                             y_title="pi(label), log scale", color_title="distribution", log_y=True,
-                             title="pi before and after (log scale)"), width="stretch")
+right.altair_chart(point_chart(frame, "label", "pi", "when", x_title="label", y_title="pi(label), log scale",
+                               color_title="distribution", log_y=True, title="pi before and after (log scale)"),
+                   width="stretch")
 if steps > 1:
     st.altair_chart(line_chart(pd.DataFrame(trajectory), "step", "pi", "probability", x_title="step",
                                y_title="probability", color_title="label", title="pi over the steps"),
