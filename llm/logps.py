@@ -1,0 +1,158 @@
+"""Sequence log-probabilities of causal LMs: the one gather-mask-sum used by training, the reference and the probes.
+
+Log-softmax is taken in float32 whatever the model dtype. Logits at position l predict token l + 1, so the scored
+positions are ``response_mask[:, 1:]``: a response token at position 0 (an empty prompt) cannot be scored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import torch
+
+from llm.encoding import EncodedBatch, EncodedSequence, collate
+
+__all__ = ["SequenceLogps", "logps_from_logits", "sequence_logps", "encoded_logps", "response_statistics", "greedy_decode",
+           "STATISTICS"]
+
+#: per-response statistics of ``response_statistics``; "argmax" is the TEACHER-FORCED argmax along the scored prefix.
+STATISTICS = ("logp_sum", "logp_mean", "argmax_logp_sum", "argmax_logp_mean", "entropy", "A_norm", "pi_minus_e_norm",
+              "energy", "num_tokens")
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceLogps:
+    """Log-probabilities of the response tokens of N sequences (float32).
+
+    Attributes:
+        summed: (N,) sum over response tokens of log pi(y_l | x, y_<l).
+        mean: (N,) the same averaged over response tokens (per-token mean).
+        token_logps: (N, L-1) per-token values, zero outside the response.
+        lengths: (N,) number of scored response tokens |y|.
+    """
+
+    summed: torch.Tensor
+    mean: torch.Tensor
+    token_logps: torch.Tensor
+    lengths: torch.Tensor
+
+
+def _shifted(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor):
+    if logits.dim() != 3 or logits.shape[:2] != input_ids.shape or input_ids.shape != response_mask.shape:
+        raise ValueError(f"expected logits (N, L, V) and input_ids / response_mask (N, L); got "
+                         f"{tuple(logits.shape)}, {tuple(input_ids.shape)}, {tuple(response_mask.shape)}")
+    log_pi = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (N, L-1, V) predicts tokens 1..L-1
+    targets = input_ids[:, 1:]  # (N, L-1)
+    mask = response_mask[:, 1:].to(torch.float32)  # (N, L-1)
+    return log_pi, targets, mask
+
+
+def logps_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> SequenceLogps:
+    """Gather, mask and reduce the response-token log-probs from logits.
+
+    Args:
+        logits: (N, L, V) model logits (any float dtype).
+        input_ids: (N, L) token ids.
+        response_mask: (N, L) 1 on response tokens.
+
+    Math: log pi(y | x) = sum_l log softmax(z_{l-1})[y_l] over response positions l (teacher forcing).
+    References: PAPER.md section 6 (summed log-probs; per-token means avoid the length confound of section 7).
+    """
+    log_pi, targets, mask = _shifted(logits, input_ids, response_mask)
+    token = log_pi.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask  # (N, L-1)
+    lengths = mask.sum(dim=1)  # (N,)
+    summed = token.sum(dim=1)
+    return SequenceLogps(summed, summed / lengths.clamp_min(1.0), token, lengths)
+
+
+def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   response_mask: torch.Tensor) -> SequenceLogps:
+    """Run ``model`` on a right-padded batch and return the summed, mean and per-token response log-probs.
+
+    Args:
+        model: a causal LM returning ``.logits`` of shape (N, L, V).
+        input_ids, attention_mask, response_mask: (N, L).
+    """
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (N, L, V)
+    return logps_from_logits(logits, input_ids, response_mask)
+
+
+def response_statistics(logits: torch.Tensor, input_ids: torch.Tensor,
+                        response_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-response learning-dynamics statistics, each (N,) float32 (names in STATISTICS).
+
+    Per scored token with pi = softmax(z) and target y: log pi(y) (summed and mean); the teacher-forced argmax
+    log max_v pi(v | x, y_<l) along THIS response's prefix (summed and mean); the entropy of pi; A_norm = ||A||_F
+    with A = I - 1 pi^T, i.e. sqrt(V - 2 + V ||pi||^2); pi_minus_e_norm = ||pi - e_y||; the energy 1 - pi(y).
+    The last four are means over the response tokens; num_tokens is |y|.
+
+    Math: ||I - 1 pi^T||_F^2 = sum_i [(1 - pi_i)^2 + sum_{j != i} pi_j^2] = V - 2 + V ||pi||^2.
+    References: PAPER.md section 6 (probes, the two "argmax"); NOTICE.md (A_o, p_e and energy of the paper's logs).
+    """
+    log_pi, targets, mask = _shifted(logits, input_ids, response_mask)
+    vocab = log_pi.shape[-1]
+    pi = log_pi.exp()  # (N, L-1, V)
+    token_logp = log_pi.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N, L-1)
+    pi_y = token_logp.exp()
+    sq = (pi * pi).sum(-1)  # (N, L-1) ||pi||^2
+    per_token = {
+        "argmax_logp": log_pi.max(dim=-1).values,
+        "entropy": -(pi * log_pi).sum(-1),
+        "A_norm": torch.sqrt((vocab - 2 + vocab * sq).clamp_min(0.0)),
+        "pi_minus_e_norm": torch.sqrt((sq - 2 * pi_y + 1).clamp_min(0.0)),
+        "energy": 1 - pi_y,
+    }
+    lengths = mask.sum(1)
+    denom = lengths.clamp_min(1.0)
+    logp_sum = (token_logp * mask).sum(1)
+    argmax_sum = (per_token["argmax_logp"] * mask).sum(1)
+    nan = torch.full_like(lengths, float("nan"))
+    empty = lengths == 0
+    out = {"logp_sum": logp_sum, "logp_mean": logp_sum / denom, "argmax_logp_sum": argmax_sum,
+           "argmax_logp_mean": argmax_sum / denom}
+    for name in ("entropy", "A_norm", "pi_minus_e_norm", "energy"):
+        out[name] = (per_token[name] * mask).sum(1) / denom
+    out = {k: torch.where(empty, nan, v) for k, v in out.items()}
+    out["num_tokens"] = lengths
+    return {k: out[k] for k in STATISTICS}
+
+
+@torch.no_grad()
+def greedy_decode(model, prompts: Sequence[EncodedSequence], *, max_new_tokens: int, pad_token_id: int,
+                  eos_token_id: int | None) -> tuple[list[EncodedSequence], SequenceLogps]:
+    """Decode greedily (free-running argmax, no teacher forcing) from each prompt and score the result.
+
+    Prompts are left-padded for ``model.generate``; each continuation is cut after its first eos. The returned
+    sequences are re-scored right-padded with ``sequence_logps``, giving the model's own log-prob of its greedy
+    response (summed and mean). This is NOT the teacher-forced argmax of ``response_statistics``.
+
+    Returns:
+        The decoded [prompt, greedy response] sequences and their SequenceLogps ((N,) each).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    device = next(model.parameters()).device
+    width = max(len(p.prompt_ids) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)  # (N, L_prompt) left-padded
+    attn = torch.zeros_like(ids)
+    for n, p in enumerate(prompts):
+        ids[n, width - len(p.prompt_ids):] = torch.tensor(p.prompt_ids, dtype=torch.long)
+        attn[n, width - len(p.prompt_ids):] = 1
+    out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
+                         max_new_tokens=max_new_tokens, min_new_tokens=1, pad_token_id=pad_token_id,
+                         eos_token_id=eos_token_id, num_beams=1)
+    new = out[:, width:].tolist()
+    decoded = []
+    for p, toks in zip(prompts, new):
+        if eos_token_id is not None and eos_token_id in toks:
+            toks = toks[: toks.index(eos_token_id) + 1]
+        decoded.append(EncodedSequence(p.prompt_ids, tuple(toks), False, False))
+    batch = collate(decoded, pad_token_id).to(device)
+    return decoded, sequence_logps(model, batch.input_ids, batch.attention_mask, batch.response_mask)
+
+
+def encoded_logps(model, batch: EncodedBatch) -> SequenceLogps:
+    """``sequence_logps`` of an EncodedBatch (moved to the model's device)."""
+    batch = batch.to(next(model.parameters()).device)
+    return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.response_mask)
