@@ -15,6 +15,8 @@ from typing import Callable
 import numpy as np
 import sympy as sp
 
+from toykit.losses import get_loss
+
 __all__ = ["Derivation", "SYMBOLIC_LOSSES", "log_softmax_jacobian_sympy", "residual_sympy",
            "squeeze_update_sympy"]
 
@@ -143,10 +145,7 @@ def residual_sympy(loss_name: str, num_classes: int) -> Derivation:
     G_c, G_r = sp.Matrix([loss]).jacobian(z_c).T, sp.Matrix([loss]).jacobian(z_r).T  # (V, 1) each
     args = [list(z_c), list(e_c), list(z_r), list(e_r), ref_c, ref_r, *hp.values()]
     lam = sp.lambdify(args, [G_c, G_r], "numpy")
-
-    from toykit.losses import get_loss  # only for default hyperparameter values, not for the math
-
-    defaults = get_loss(loss_name).defaults
+    defaults = get_loss(loss_name).defaults  # the registry supplies default values only, not the math
 
     def fn(z_chosen, y_chosen, z_rejected, y_rejected, *, ref_chosen=0.0, ref_rejected=0.0, **hparams):
         unknown = set(hparams) - set(hp)
