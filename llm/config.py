@@ -1,0 +1,136 @@
+"""Dataclass configs of the llm runs (training and probe evaluation); ``toykit.configs`` turns them into CLIs.
+
+Defaults finish in seconds on a CPU: a tiny GPT-2 trained on synthetic arithmetic pairs. The paper's setup
+(PAPER.md section 7) is RMSprop, lr 5e-7, 150 warm-up steps, clip 10, batch 4, beta 0.1, prompt 256 / total 512,
+probes = the first 500 training examples evaluated every 1000 examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import field
+from typing import Literal
+
+from llm.objective import Objective
+
+__all__ = ["TrainConfig", "EvalConfig", "RESUME_FREE_FIELDS"]
+
+#: fields that may differ between a run and its resumption (they do not change what is computed).
+RESUME_FREE_FIELDS = ("resume", "stop_after_steps", "progress", "device")
+
+
+def _f(default, help_text: str):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclasses.dataclass(frozen=True)
+class _ModelData:
+    model: str = _f("tiny-gpt2", "causal LM: tiny-gpt2 / tiny-llama / tiny-gpt_neox / tiny-qwen2 (random, built "
+                    "from a config) or a local directory / hub id")
+    tokenizer: str = _f("", "tokenizer directory or hub id; empty: the model's own, or for tiny-* a byte-level BPE "
+                        "trained on the run's texts")
+    tiny_vocab_size: int = _f(512, "target vocabulary of the BPE trained for tiny-* models")
+    tiny_hidden: int = _f(64, "hidden size of tiny-* models")
+    tiny_layers: int = _f(2, "layers of tiny-* models")
+    tiny_heads: int = _f(2, "attention heads of tiny-* models")
+    dtype: Literal["float32", "bfloat16", "float16", "float64"] = _f("float32", "weight dtype (the reference uses "
+                                                                     "the same dtype as the policy)")
+    device: str = _f("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
+    bf16: bool = _f(False, "bf16 autocast of forward passes on CUDA (log-softmax stays float32)")
+    data: str = _f("", "preference pairs JSONL (TRL prompt/chosen/rejected, HH raw dialogues or message lists); "
+                   "empty: synthetic arithmetic pairs")
+    data_format: Literal["auto", "trl", "hh", "messages"] = _f("auto", "format of --data")
+    num_synthetic: int = _f(48, "number of synthetic pairs when --data is empty")
+    max_pairs: int | None = _f(None, "use only the first pairs of the data file")
+    held_out: int = _f(8, "last pairs of the data withheld from training: their y+ are the held-out probe answers "
+                       "(y_test, y_rnd)")
+    probes: str = _f("", "probe file in the paper's format (../shared/data/NOTICE.md); empty: probes derived from "
+                     "the first training pairs")
+    num_probes: int = _f(16, "number of probe prompts (the paper: the first 500 training examples)")
+    greedy_max_new_tokens: int = _f(0, "> 0 adds the free-running greedy-decoding probe with this many tokens")
+    probe_batch_size: int = _f(16, "sequences per forward pass when evaluating probes and reference log-probs")
+    leading_space: bool = _f(True, "prefix a space to responses that lack one (the GPT rephrases do)")
+    max_prompt_tokens: int = _f(256, "prompt token budget")
+    max_response_tokens: int = _f(256, "response token budget (eos included); longer responses keep their start")
+    prompt_overflow: Literal["error", "left_truncate"] = _f("error", "a prompt over its budget is refused or keeps "
+                                                            "its last tokens")
+    seed: int = _f(0, "seed of data order, derived probes and tiny-model weights")
+    out_dir: str | None = _f(None, "run directory (must not hold a run unless --resume); default runs/<time>-<phase>")
+    runs_root: str = _f("runs", "parent of default run directories")
+    progress: bool = _f(True, "show a progress bar")
+
+    def _check_common(self) -> None:
+        for name in ("tiny_vocab_size", "tiny_hidden", "tiny_layers", "tiny_heads", "num_synthetic", "num_probes",
+                     "probe_batch_size", "max_prompt_tokens", "max_response_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.held_out < 0 or self.greedy_max_new_tokens < 0:
+            raise ValueError(f"held_out and greedy_max_new_tokens must be >= 0, got {self.held_out}, "
+                             f"{self.greedy_max_new_tokens}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_ModelData):
+    """Finetune a causal LM with SFT, "extend" SFT or any loss of the toykit registry, tracking probe log-probs."""
+
+    loss: str = _f("sft", "objective: a toykit.losses name (sft, dpo, ipo, slic, hinge, cdpo, robust, simpo, dpop, "
+                   "rpo, apo_zero, nca, sppo_hard) or extend (SFT on y+ and y-)")
+    phase: str = _f("", "phase label written in metrics rows; default: the loss name")
+    optimizer: Literal["sgd", "adamw", "rmsprop"] = _f("adamw", "optimizer (the paper: rmsprop)")
+    lr: float = _f(1e-3, "peak learning rate eta")
+    weight_decay: float = _f(0.0, "weight decay")
+    momentum: float = _f(0.0, "momentum of sgd / rmsprop")
+    warmup_steps: int = _f(0, "optimizer steps of linear learning-rate warm-up")
+    max_grad_norm: float = _f(10.0, "gradient-norm clip (0: no clipping; the paper: 10)")
+    batch_size: int = _f(4, "pairs per forward pass")
+    grad_accum: int = _f(1, "forward passes accumulated per optimizer step (effective batch = batch_size x this)")
+    epochs: int = _f(1, "passes over the training pairs (honoured, unlike the paper's code)")
+    max_examples: int | None = _f(None, "stop once this many training examples were seen (before the epochs end)")
+    eval_every: int = _f(1000, "evaluate the probes every this many training examples (plus at step 0 and the end)")
+    checkpoint_every: int = _f(0, "save a resumable checkpoint every this many steps (0: only at the end)")
+    reference: Literal["precomputed", "per_step"] = _f("precomputed", "reference log-probs: computed once for the "
+                                                       "dataset, or a frozen model's forward pass every step")
+    beta: float | None = _f(None, "beta: inverse temperature of the implicit reward (default: the loss's, 0.1)")
+    lam: float | None = _f(None, "lam: SLiC's SFT weight / DPOP's penalty weight (default: the loss's)")
+    delta: float | None = _f(None, "delta: SLiC's margin (default 1.0)")
+    eps: float | None = _f(None, "eps: label-noise rate of cdpo / robust (default 0.1)")
+    gamma: float | None = _f(None, "gamma: SimPO's target margin (default 0.5)")
+    alpha: float | None = _f(None, "alpha: RPO's NLL weight (default 1.0)")
+    save_model: bool = _f(True, "save the final model and tokenizer (save_pretrained) in the run directory")
+    resume: bool = _f(False, "continue the run in --out-dir from its last checkpoint")
+    stop_after_steps: int | None = _f(None, "stop (as if killed) after this many steps, without a final checkpoint; "
+                                      "for resume tests")
+
+    def __post_init__(self) -> None:
+        self._check_common()
+        if self.loss not in Objective.known():
+            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(Objective.known())}")
+        for name in ("batch_size", "grad_accum", "epochs", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.max_grad_norm < 0 or self.warmup_steps < 0 or self.checkpoint_every < 0:
+            raise ValueError(f"need lr > 0, max_grad_norm >= 0, warmup_steps >= 0, checkpoint_every >= 0; got "
+                             f"{self.lr}, {self.max_grad_norm}, {self.warmup_steps}, {self.checkpoint_every}")
+        if self.max_examples is not None and self.max_examples < 1:
+            raise ValueError(f"max_examples must be >= 1, got {self.max_examples}")
+        if self.resume and not self.out_dir:
+            raise ValueError("--resume needs --out-dir (the run to continue)")
+
+    def hparams(self) -> dict[str, float]:
+        """The loss hyperparameters that were set (the registry supplies the others)."""
+        names = ("beta", "lam", "delta", "eps", "gamma", "alpha")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    @property
+    def phase_name(self) -> str:
+        return self.phase or self.loss
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig(_ModelData):
+    """Evaluate every probe type of a probe set on a model and write one row per probe type and statistic."""
+
+    phase: str = _f("eval", "phase label written in metrics rows")
+
+    def __post_init__(self) -> None:
+        self._check_common()

@@ -1,0 +1,192 @@
+"""Training objectives on causal LMs: the toykit loss registry applied to summed sequence log-probs.
+
+One forward pass scores chosen and rejected responses together (as TRL's concatenated forward). The loss comes from
+``toykit.losses.compute_loss`` by name; "extend" is the paper's fix (Figure 5): SFT on both [x, y+] and [x, y-].
+Reference log-probs are computed once for the whole dataset (the reference model never changes), or by a forward
+pass of a frozen copy every step when asked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Sequence
+
+import torch
+
+from llm.encoding import EncodedSequence, collate
+from llm.logps import encoded_logps
+from toykit.losses import compute_loss, get_loss, loss_names
+
+__all__ = ["EXTEND", "Objective", "PairBatch", "make_pair_batch", "batch_loss", "precompute_reference_logps",
+           "trl_metrics", "NonFiniteLossError", "autocast_context"]
+
+#: SFT on y+ and y- (the "extend" of the paper's section 5); not a registry loss, a choice of targets for "sft".
+EXTEND = "extend"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a training log-prob or loss is NaN or infinite; the run keeps what it wrote."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What a training step optimises: a registry loss name (or "extend") and its hyperparameters."""
+
+    loss: str
+    hparams: dict[str, float] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.loss != EXTEND:
+            get_loss(self.loss)  # ValueError listing the known names
+
+    @property
+    def registry_name(self) -> str:
+        return "sft" if self.loss == EXTEND else self.loss
+
+    @property
+    def needs_rejected(self) -> bool:
+        return self.loss == EXTEND or get_loss(self.loss).paired
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.loss != EXTEND and get_loss(self.loss).uses_reference
+
+    @property
+    def beta(self) -> float:
+        """beta of the implicit reward beta (log pi - log pi_ref) reported as rewards/* (TRL's convention)."""
+        return float(self.hparams.get("beta", get_loss(self.registry_name).defaults.get("beta", 0.1)))
+
+    @staticmethod
+    def known() -> list[str]:
+        return [*loss_names(), EXTEND]
+
+
+@dataclasses.dataclass(frozen=True)
+class PairBatch:
+    """A batch of N pairs: indices (N,) into the dataset, and chosen (+ rejected) sequences concatenated (2N, L)."""
+
+    indices: torch.Tensor
+    sequences: object  # EncodedBatch of the N chosen then (optionally) N rejected sequences
+    paired: bool
+
+
+def make_pair_batch(indices: Sequence[int], chosen: Sequence[EncodedSequence],
+                    rejected: Sequence[EncodedSequence] | None, pad_token_id: int) -> PairBatch:
+    """Collate the chosen (and rejected) sequences of ``indices`` into one right-padded batch."""
+    seqs = [chosen[i] for i in indices] + ([rejected[i] for i in indices] if rejected is not None else [])
+    return PairBatch(torch.as_tensor(list(indices), dtype=torch.long), collate(seqs, pad_token_id),
+                     rejected is not None)
+
+
+def autocast_context(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked; log-softmax is taken in float32 regardless."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _split(values: torch.Tensor, paired: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not paired:
+        return values, None
+    n = values.shape[0] // 2
+    return values[:n], values[n:]
+
+
+@torch.no_grad()
+def _reference_of(ref_model, batch: PairBatch, bf16: bool):
+    device = next(ref_model.parameters()).device
+    with autocast_context(device, bf16):
+        lp = encoded_logps(ref_model, batch.sequences)
+    return _split(lp.summed, batch.paired)
+
+
+def batch_loss(model, batch: PairBatch, objective: Objective, *, ref_chosen: torch.Tensor | None = None,
+               ref_rejected: torch.Tensor | None = None, ref_model=None, bf16: bool = False
+               ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-example loss of one batch and the tensors behind the TRL metrics.
+
+    Args:
+        model: the policy (gradients flow through its forward pass).
+        batch: N pairs (chosen then rejected sequences when the objective needs y-).
+        objective: loss name and hyperparameters.
+        ref_chosen, ref_rejected: (N,) precomputed reference summed log-probs, or None with ``ref_model``.
+        ref_model: a frozen reference scored now (the per-step option), used when the precomputed ones are None.
+        bf16: CUDA bf16 autocast for the forward passes.
+
+    Returns:
+        losses (N,) and a dict with logps_chosen, logps_rejected, ref_chosen, ref_rejected (N,) or None.
+
+    Raises:
+        NonFiniteLossError: NaN or infinite log-probs or loss.
+    """
+    device = next(model.parameters()).device
+    with autocast_context(device, bf16):
+        lp = encoded_logps(model, batch.sequences)
+    lp_c, lp_r = _split(lp.summed, batch.paired)
+    len_c, len_r = _split(lp.lengths, batch.paired)
+    if not bool(torch.isfinite(lp.summed).all()):
+        raise NonFiniteLossError("the policy's log-probs are NaN or infinite (diverged weights or inputs)")
+    if objective.needs_reference and ref_chosen is None:
+        if ref_model is None:
+            raise ValueError(f"loss {objective.loss!r} needs reference log-probs or a reference model")
+        ref_chosen, ref_rejected = _reference_of(ref_model, batch, bf16)
+    if ref_chosen is not None:
+        ref_chosen = ref_chosen.to(lp_c)
+        ref_rejected = ref_rejected.to(lp_c) if ref_rejected is not None else None
+    if objective.loss == EXTEND:
+        losses = 0.5 * (compute_loss("sft", chosen_logps=lp_c, chosen_lengths=len_c)
+                        + compute_loss("sft", chosen_logps=lp_r, chosen_lengths=len_r))
+    else:
+        kwargs = {"chosen_logps": lp_c, "chosen_lengths": len_c}
+        if batch.paired:
+            kwargs.update(rejected_logps=lp_r, rejected_lengths=len_r)
+        if objective.needs_reference:
+            kwargs.update(ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
+        losses = compute_loss(objective.loss, **kwargs, **objective.hparams)
+    if not bool(torch.isfinite(losses).all()):
+        raise NonFiniteLossError(f"loss {objective.loss!r} is NaN or infinite")
+    return losses, {"logps_chosen": lp_c, "logps_rejected": lp_r, "ref_chosen": ref_chosen,
+                    "ref_rejected": ref_rejected}
+
+
+@torch.no_grad()
+def precompute_reference_logps(model, chosen: Sequence[EncodedSequence], rejected: Sequence[EncodedSequence] | None,
+                               pad_token_id: int, *, batch_size: int = 16, bf16: bool = False
+                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Score every chosen (and rejected) sequence once with the reference ``model``, in length-sorted batches.
+
+    Returns:
+        (N,) float32 summed reference log-probs of y+ and of y- (None without ``rejected``), on the CPU.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for seqs in (chosen, rejected):
+        if seqs is None:
+            out.append(None)
+            continue
+        values = torch.empty(len(seqs), dtype=torch.float32)
+        order = sorted(range(len(seqs)), key=lambda i: seqs[i].length)
+        for start in range(0, len(order), batch_size):
+            idx = order[start: start + batch_size]
+            with autocast_context(device, bf16):
+                values[idx] = encoded_logps(model, collate([seqs[i] for i in idx], pad_token_id)).summed.float().cpu()
+        out.append(values)
+    model.train(was_training)
+    return out[0], out[1]
+
+
+def trl_metrics(losses: torch.Tensor, parts: dict[str, torch.Tensor | None], beta: float) -> dict[str, float]:
+    """Batch means under TRL's names: loss, logps/*, and rewards/* = beta (log pi - log pi_ref) when a reference exists."""
+    out = {"loss": float(losses.mean()), "logps/chosen": float(parts["logps_chosen"].mean())}
+    if parts["logps_rejected"] is not None:
+        out["logps/rejected"] = float(parts["logps_rejected"].mean())
+    if parts["ref_chosen"] is not None and parts["ref_rejected"] is not None:
+        chosen = beta * (parts["logps_chosen"].detach().float() - parts["ref_chosen"].float())
+        rejected = beta * (parts["logps_rejected"].detach().float() - parts["ref_rejected"].float())
+        out.update({"rewards/chosen": float(chosen.mean()), "rewards/rejected": float(rejected.mean()),
+                    "rewards/margins": float((chosen - rejected).mean()),
+                    "rewards/accuracies": float((chosen > rejected).float().mean())})
+    return out

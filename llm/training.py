@@ -1,0 +1,271 @@
+"""Finetune causal LMs (SFT, extend, any registry loss) while tracking probe log-probs; evaluate probes alone.
+
+``train(cfg)`` writes a run directory: config.json (first), env.json, tokenizer/, metrics.jsonl (a TRL-named
+training row per optimizer step and one tidy row per probe type and statistic per evaluation), probes/step_*.npz
+(per-example arrays; their key order in probes/keys.json), checkpoint.pt, model/ and summary.json. The data order of
+epoch e is a permutation seeded by (cfg.seed, e), so a resumed run replays exactly the batches it would have seen.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from llm.checkpoint import load_checkpoint, probe_array_path, rewind_outputs, save_checkpoint
+from llm.config import RESUME_FREE_FIELDS, EvalConfig, TrainConfig
+from llm.encoding import encode_sequence, truncation_report
+from llm.inputs import build_inputs
+from llm.objective import (NonFiniteLossError, Objective, batch_loss, make_pair_batch, precompute_reference_logps,
+                           trl_metrics)
+from llm.optim import build_optimizer, warmup_schedule
+from llm.probes import ProbeEvaluator, ProbeResult
+from toykit.configs import config_to_dict
+from toykit.runs import MetricsWriter, create_run_dir, read_json, write_json
+
+__all__ = ["TrainResult", "train", "evaluate", "epoch_order", "NonFiniteLossError"]
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a run produced: its directory, the trained model and tokenizer, where it stopped, the last probes."""
+
+    run_dir: Path
+    model: object
+    tokenizer: object
+    status: str
+    step: int
+    examples_seen: int
+    probes: ProbeResult | None
+    summary: dict
+
+
+def epoch_order(num_pairs: int, seed: int, epoch: int) -> list[int]:
+    """The data order of ``epoch``: a permutation seeded by (seed, epoch) only."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_pairs, generator=gen).tolist()
+
+
+class _Plan:
+    """Which pairs each optimizer step uses: epochs of seeded permutations cut into effective batches."""
+
+    def __init__(self, num_pairs: int, cfg: TrainConfig):
+        self.n, self.seed, self.size = num_pairs, cfg.seed, cfg.batch_size * cfg.grad_accum
+        self.per_epoch = math.ceil(num_pairs / self.size)
+        self._orders: dict[int, list[int]] = {}
+        total, seen = cfg.epochs * self.per_epoch, 0
+        if cfg.max_examples is not None:
+            for s in range(total):
+                seen += len(self.indices(s))
+                if seen >= cfg.max_examples:
+                    total = s + 1
+                    break
+        self.total_steps = total
+
+    def indices(self, step: int) -> list[int]:
+        epoch, k = divmod(step, self.per_epoch)
+        if epoch not in self._orders:
+            self._orders = {epoch: epoch_order(self.n, self.seed, epoch)}
+        return self._orders[epoch][k * self.size: (k + 1) * self.size]
+
+    def examples_after(self, step: int) -> int:
+        full, rest = divmod(step, self.per_epoch)
+        return full * self.n + min(rest * self.size, self.n)
+
+
+def _check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
+    saved, now = read_json(run_dir / "config.json"), config_to_dict(cfg)
+    diff = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE_FIELDS and saved.get(k) != now.get(k))
+    if diff:
+        raise ValueError(f"cannot resume {run_dir}: config differs in {diff} (saved vs now: "
+                         f"{[(saved.get(k), now.get(k)) for k in diff]})")
+    summary = run_dir / "summary.json"
+    if summary.exists() and read_json(summary).get("status") == "completed":
+        raise ValueError(f"{run_dir} already completed; start a new run instead of resuming")
+
+
+def _evaluate(evaluator: ProbeEvaluator, model, run_dir: Path, writer: MetricsWriter, step: int, seen: int,
+              phase: str) -> ProbeResult:
+    result = evaluator(model)
+    writer.write_many(result.rows(step, seen, phase))
+    arrays = result.arrays()
+    keys_path = run_dir / "probes" / "keys.json"
+    keys_path.parent.mkdir(exist_ok=True)
+    if not keys_path.exists():
+        write_json(keys_path, {"keys": list(arrays), "num_probes": len(evaluator.probe_set),
+                               "probe_set": evaluator.probe_set.describe()})
+    np.savez(probe_array_path(run_dir, step), **arrays)
+    return result
+
+
+def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None) -> TrainResult:
+    """Run (or resume) one finetuning phase described by ``cfg``; see the module docstring for the outputs.
+
+    Args:
+        cfg: the run's config.
+        model, tokenizer: a model object to continue from (e.g. the result of an SFT phase) and its tokenizer.
+        pairs: preference pairs (default: read from ``cfg.data``); the last ``cfg.held_out`` are not trained on.
+        probes: a ProbeSet (default: ``cfg.probes`` or derived from the first training pairs).
+
+    Raises:
+        NonFiniteLossError: the loss became NaN/inf; summary.json says where, metrics written so far are kept.
+    """
+    resuming = cfg.resume and (Path(cfg.out_dir) / "config.json").exists()
+    if resuming:
+        run_dir = Path(cfg.out_dir)
+        _check_resumable(cfg, run_dir)
+    else:
+        run_dir = create_run_dir(cfg, cfg.phase_name, out_dir=cfg.out_dir, root=cfg.runs_root)
+    if cfg.bf16 and cfg.device == "cpu":
+        raise ValueError("bf16 autocast needs a CUDA device; drop --bf16 or use --device cuda")
+    inputs = build_inputs(cfg, model=model, tokenizer=tokenizer, pairs=pairs, probes=probes,
+                          tokenizer_dir=run_dir / "tokenizer" if resuming else None)
+    model, tok, objective = inputs.model, inputs.tokenizer, Objective(cfg.loss, cfg.hparams())
+    if not resuming:
+        tok.save_pretrained(str(run_dir / "tokenizer"))
+    device = next(model.parameters()).device
+    source = cfg.data or "synthetic pairs"
+    chosen = [encode_sequence(tok, p.prompt, p.chosen, inputs.policy, f"{source} pair {i}")
+              for i, p in enumerate(inputs.train_pairs)]
+    rejected = ([encode_sequence(tok, p.prompt, p.rejected, inputs.policy, f"{source} pair {i}")
+                 for i, p in enumerate(inputs.train_pairs)] if objective.needs_rejected else None)
+    evaluator = ProbeEvaluator(inputs.probes, tok, inputs.policy, batch_size=cfg.probe_batch_size,
+                               greedy_max_new_tokens=cfg.greedy_max_new_tokens,
+                               autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
+
+    ref_c = ref_r = ref_model = None
+    state = load_checkpoint(run_dir, map_location=device) if resuming else None
+    if objective.needs_reference and cfg.reference == "precomputed":
+        ref_path = run_dir / "reference_logps.pt"
+        if resuming and ref_path.exists():
+            ref_c, ref_r = torch.load(ref_path).values()
+        else:  # the reference is the policy before any step, scored once for the whole dataset
+            ref_c, ref_r = precompute_reference_logps(model, chosen, rejected, tok.pad_token_id,
+                                                      batch_size=cfg.probe_batch_size, bf16=cfg.bf16)
+            torch.save({"chosen": ref_c, "rejected": ref_r}, ref_path)
+    elif objective.needs_reference:
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+        ref_path = run_dir / "reference_model.pt"
+        if resuming and ref_path.exists():
+            ref_model.load_state_dict(torch.load(ref_path, map_location=device))
+        else:
+            torch.save(ref_model.state_dict(), ref_path)
+
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                momentum=cfg.momentum)
+    scheduler = warmup_schedule(optimizer, cfg.warmup_steps)
+    plan = _Plan(len(chosen), cfg)
+    metrics_path = run_dir / "metrics.jsonl"
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+        rewind_outputs(run_dir, metrics_path, step, state["metrics_bytes"])
+    elif resuming:  # killed before the first checkpoint: start over in the same directory
+        rewind_outputs(run_dir, metrics_path, -1, 0)
+    seen = plan.examples_after(step)
+    phase, writer = cfg.phase_name, MetricsWriter(metrics_path)
+    summary = {"status": "running", "phase": phase, "loss": cfg.loss, "objective_hparams": objective.hparams,
+               "num_train_pairs": len(chosen), "num_held_out": len(inputs.held_out), "total_steps": plan.total_steps,
+               "reference": cfg.reference if objective.needs_reference else None,
+               "truncation_train": truncation_report(chosen + (rejected or []), inputs.policy),
+               "truncation_probes": evaluator.truncation, "probe_set": inputs.probes.describe()}
+    timing = {"train_seconds": 0.0, "probe_seconds": 0.0}
+    last = None
+
+    def probe_now() -> ProbeResult:
+        t0 = time.perf_counter()
+        result = _evaluate(evaluator, model, run_dir, writer, step, seen, phase)
+        timing["probe_seconds"] += time.perf_counter() - t0
+        return result
+
+    bar = tqdm(total=plan.total_steps, initial=step, disable=not cfg.progress, desc=phase, unit="step")
+    try:
+        if step == 0:
+            last = probe_now()
+        model.train()
+        params = [p for p in model.parameters() if p.requires_grad]
+        while step < plan.total_steps:
+            t0 = time.perf_counter()
+            idx = plan.indices(step)
+            optimizer.zero_grad(set_to_none=True)
+            losses, parts = [], []
+            for start in range(0, len(idx), cfg.batch_size):
+                micro = idx[start: start + cfg.batch_size]
+                batch = make_pair_batch(micro, chosen, rejected, tok.pad_token_id)
+                batch = dataclasses.replace(batch, sequences=batch.sequences.to(device))
+                loss, part = batch_loss(model, batch, objective, ref_chosen=None if ref_c is None else ref_c[micro],
+                                        ref_rejected=None if ref_r is None else ref_r[micro], ref_model=ref_model,
+                                        bf16=cfg.bf16)
+                (loss.sum() / len(idx)).backward()  # mean over the effective batch, whatever the accumulation
+                losses.append(loss.detach())
+                parts.append({k: None if v is None else v.detach() for k, v in part.items()})
+            lr = optimizer.param_groups[0]["lr"]
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+            optimizer.step()
+            scheduler.step()
+            step, seen = step + 1, seen + len(idx)
+            merged = {k: None if parts[0][k] is None else torch.cat([p[k] for p in parts]) for k in parts[0]}
+            row = {"step": step, "examples_seen": seen, "phase": phase, "epoch": seen / len(chosen),
+                   **trl_metrics(torch.cat(losses), merged, objective.beta), "grad_norm": float(grad_norm),
+                   "learning_rate": lr}
+            writer.write(row)
+            timing["train_seconds"] += time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", ex_per_s=f"{len(idx) / (time.perf_counter() - t0):.1f}")
+            if seen // cfg.eval_every > (seen - len(idx)) // cfg.eval_every or step == plan.total_steps:
+                last = probe_now()
+            if step == plan.total_steps:
+                break
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                                examples_seen=seen, metrics_path=metrics_path)
+            if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
+                bar.close()
+                writer.close()
+                return TrainResult(run_dir, model, tok, "stopped", step, seen, last, summary)
+    except NonFiniteLossError as err:
+        bar.close()
+        writer.close()
+        message = f"{err}: stopped at optimizer step {step + 1} ({seen} examples seen); rows written so far kept"
+        write_json(run_dir / "summary.json", {**summary, **timing, "status": "non_finite_loss", "message": message,
+                                              "step": step, "examples_seen": seen})
+        raise NonFiniteLossError(f"{message} in {run_dir}") from None
+    bar.close()
+    writer.close()
+    save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step, examples_seen=seen,
+                    metrics_path=metrics_path)
+    if cfg.save_model:
+        model.save_pretrained(str(run_dir / "model"))
+        tok.save_pretrained(str(run_dir / "model"))
+    total = timing["train_seconds"] + timing["probe_seconds"]
+    summary.update(status="completed", step=step, examples_seen=seen, epochs_completed=seen / len(chosen), **timing,
+                   probe_share=timing["probe_seconds"] / total if total else None,
+                   final_probes={f"{p}/{s}": v for (p, s), v in (last.means().items() if last else [])})
+    write_json(run_dir / "summary.json", summary)
+    return TrainResult(run_dir, model, tok, "completed", step, seen, last, summary)
+
+
+def evaluate(cfg: EvalConfig, model=None, tokenizer=None, probes=None) -> tuple[ProbeResult, Path]:
+    """Evaluate every probe type on a model and write a run directory with step-0 rows and arrays."""
+    run_dir = create_run_dir(cfg, cfg.phase, out_dir=cfg.out_dir, root=cfg.runs_root)
+    inputs = build_inputs(cfg, model=model, tokenizer=tokenizer, probes=probes, need_pairs=not cfg.probes)
+    evaluator = ProbeEvaluator(inputs.probes, inputs.tokenizer, inputs.policy, batch_size=cfg.probe_batch_size,
+                               greedy_max_new_tokens=cfg.greedy_max_new_tokens,
+                               autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
+    t0 = time.perf_counter()
+    with MetricsWriter(run_dir / "metrics.jsonl") as writer:
+        result = _evaluate(evaluator, inputs.model, run_dir, writer, 0, 0, cfg.phase)
+    write_json(run_dir / "summary.json", {"status": "completed", "probe_seconds": time.perf_counter() - t0,
+                                          "truncation_probes": evaluator.truncation,
+                                          "probe_set": inputs.probes.describe(),
+                                          "probes": {f"{p}/{s}": v for (p, s), v in result.means().items()}})
+    return result, run_dir
