@@ -27,12 +27,13 @@ PROBE_LABELS = {
 
 
 def line_chart(data: pd.DataFrame, x: str, y: str, color: str, *, x_title: str, y_title: str, title: str = "",
-               dash: str | None = None, log_y: bool = False, color_title: str | None = None,
+               dash: str | None = None, log_x: bool = False, log_y: bool = False, color_title: str | None = None,
                dash_title: str | None = None, height: int = 320) -> alt.Chart:
     """Return a line chart of tidy ``data`` with labelled axes and a legend for ``color`` (and ``dash``)."""
     y_scale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
+    x_scale = alt.Scale(type="log") if log_x else alt.Scale()
     encoding = {
-        "x": alt.X(x, type="quantitative", title=x_title),
+        "x": alt.X(x, type="quantitative", title=x_title, scale=x_scale),
         "y": alt.Y(y, type="quantitative", title=y_title, scale=y_scale),
         "color": alt.Color(color, type="nominal", title=color_title or color),
         "tooltip": [c for c in (x, y, color, dash) if c],
