@@ -256,8 +256,10 @@ def ystar_conditional_log_gain(pi: Any, ybar: Any, c: Any) -> np.ndarray:
     step = _check_c(c, lead)
     pi_new, _ = _tilted_step(arr, label, step, sign=1.0)
     y_star = _best_other(arr, label)
-    rest_before = 1.0 - _take(arr, label)
-    rest_after = 1.0 - _take(pi_new, label)
+    is_ybar = _one_hot(label, arr.shape[-1])  # (..., V)
+    # Sum the other labels rather than 1 - pi(ybar): exact when pi(ybar) ~ 1 and when y* is the only other label.
+    rest_before = np.where(is_ybar, 0.0, arr).sum(axis=-1)
+    rest_after = np.where(is_ybar, 0.0, pi_new).sum(axis=-1)
     return (np.log(_take(pi_new, y_star)) - np.log(rest_after)) - (np.log(_take(arr, y_star)) - np.log(rest_before))
 
 
