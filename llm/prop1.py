@@ -38,6 +38,9 @@ class Prop1Config:
 
     loss: str = field(default="sft", metadata={"help": "loss of the registry for the update (sft, dpo, ...)"})
     eta: float = field(default=1e-3, metadata={"help": "SGD learning rate eta of the checked steps"})
+    target_change: float = field(default=0.0, metadata={
+        "help": "if > 0, eta is set at the first step so that the largest predicted |Delta log pi| is this many "
+                "nats (a 'small step' in the model's own scale); eta then stays fixed"})
     n_steps: int = field(default=3, metadata={"help": "successive steps, each on the next training pair"})
     sweep_factors: tuple[float, ...] = field(default=(0.25, 1.0, 4.0, 16.0), metadata={
         "help": "the error-vs-eta sweep at the first step uses eta times each factor (slope ~2 expected)"})
@@ -50,6 +53,8 @@ class Prop1Config:
         if not self.eta > 0 or not all(f > 0 for f in self.sweep_factors) or len(set(self.sweep_factors)) < 2:
             raise ValueError(f"Prop1Config: eta and >= 2 distinct sweep_factors must be > 0, got {self.eta}, "
                              f"{self.sweep_factors}")
+        if self.target_change < 0:
+            raise ValueError(f"Prop1Config: target_change must be >= 0, got {self.target_change}")
         if self.n_steps < 1 or self.chunk_size < 1:
             raise ValueError(f"Prop1Config: n_steps and chunk_size must be >= 1, got {self.n_steps}, "
                              f"{self.chunk_size}")
@@ -219,27 +224,31 @@ def run_prop1(model: torch.nn.Module, tokenizer, pairs: Sequence[dict[str, str]]
             refs.append((summed_logps(work, params, c) if spec.uses_reference else None,
                          summed_logps(work, params, r) if spec.uses_reference and r is not None else None))
 
-    etas = tuple(cfg.eta * f for f in cfg.sweep_factors)
+    eta = cfg.eta
     predicted, measured = [], []
     sweep_err, sweep_corr = [], []
     for s in range(cfg.n_steps):
         c, r = encoded(pairs[s % len(pairs)])
         g = loss_gradient(work, params, c, r, cfg.loss, refs[s], **hparams)
         if s == 0:
-            for eta in etas:
-                p = predicted_change(work, params, observed, g, eta, cfg.chunk_size).numpy()
-                m = measured_change(work, params, observed, g, eta, cfg.chunk_size).numpy()
+            if cfg.target_change > 0:
+                unit = predicted_change(work, params, observed, g, 1.0, cfg.chunk_size).abs().max().item()
+                eta = cfg.target_change / max(unit, 1e-300)
+            etas = tuple(eta * f for f in cfg.sweep_factors)
+            for sweep_eta in etas:
+                p = predicted_change(work, params, observed, g, sweep_eta, cfg.chunk_size).numpy()
+                m = measured_change(work, params, observed, g, sweep_eta, cfg.chunk_size).numpy()
                 sweep_err.append(float(np.linalg.norm(m - p)))
                 sweep_corr.append(_pearson(p, m))
-        predicted.append(predicted_change(work, params, observed, g, cfg.eta, cfg.chunk_size).numpy())
-        measured.append(measured_change(work, params, observed, g, cfg.eta, cfg.chunk_size).numpy())
-        params = {n: params[n] - cfg.eta * g[n] for n in params}
+        predicted.append(predicted_change(work, params, observed, g, eta, cfg.chunk_size).numpy())
+        measured.append(measured_change(work, params, observed, g, eta, cfg.chunk_size).numpy())
+        params = {n: params[n] - eta * g[n] for n in params}
 
     pred, meas = np.stack(predicted), np.stack(measured)  # (S, N_o)
     logs = np.log(np.asarray(etas)), np.log(np.maximum(np.asarray(sweep_err), 1e-300))
     slope = float(np.polyfit(logs[0], logs[1], 1)[0])
     rel = float(np.linalg.norm(meas - pred) / max(np.linalg.norm(meas), 1e-300))
-    return Prop1Result(cfg.loss, cfg.eta, kinds, pred, meas, _pearson(pred, meas), rel, etas,
+    return Prop1Result(cfg.loss, eta, kinds, pred, meas, _pearson(pred, meas), rel, etas,
                        tuple(sweep_err), tuple(sweep_corr), slope)
 
 

@@ -108,3 +108,11 @@ def test_bad_config_and_inputs_are_refused(setup):
         observed_batch(tok, [{"prompt": world.probes[0]["prompt"], "chosen": ""}], ["chosen"])
     with pytest.raises(ValueError, match="at least one training pair"):
         run_prop1(model, tok, [], list(world.probes), TYPES)
+
+
+def test_target_change_sets_eta_from_the_largest_predicted_change(setup):
+    world, tok, model, _ = setup
+    res = run_prop1(model, tok, list(world.train_pairs), list(world.probes[:2]), ["chosen", "rejected"],
+                    Prop1Config(loss="sft", target_change=0.02, n_steps=1, sweep_factors=(1.0, 4.0)))
+    assert abs(res.predicted[0]).max() == pytest.approx(0.02, rel=1e-9)
+    assert res.sweep_etas == pytest.approx((res.eta, 4 * res.eta))
