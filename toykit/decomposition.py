@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call, grad, jvp
 
 from toykit.losses import compute_loss, get_loss
-from toykit.ntk import _check_preconditioner, empirical_ntk, trainable_params
+from toykit.ntk import check_preconditioner, empirical_ntk, trainable_params
 from toykit.residuals import residual
 from toykit.softmax import log_softmax_jacobian
 
@@ -129,7 +129,7 @@ def _prepare(model, x_o, x_u, y_u, loss, eta, y_rejected, reference, preconditio
         if not bool(torch.isfinite(x).all()):
             raise ValueError(f"decompose({name}): inputs contain NaN/inf")
     params, constants = trainable_params(model)
-    precond = _check_preconditioner(preconditioner, params)
+    precond = check_preconditioner(preconditioner, params)
     _logits(model, x_o, "x_o")
     z_u = _logits(model, x_u, "x_u")  # (1, V)
     V = z_u.shape[1]
@@ -148,7 +148,9 @@ def _prepare(model, x_o, x_u, y_u, loss, eta, y_rejected, reference, preconditio
         if y_rej is not None:
             refs["ref_rejected_logps"] = log_ref.gather(1, y_rej[:, None])[:, 0]
     elif reference is not None:
-        raise ValueError(f"decompose: loss {loss!r} uses no reference model; got reference = {type(reference).__name__}")
+        raise ValueError(
+            f"decompose: loss {loss!r} uses no reference model; got reference = {type(reference).__name__}"
+        )
     return _Problem(model, params, constants, precond, x_o, x_u, y_u, y_rej, loss, refs, dict(hparams))
 
 

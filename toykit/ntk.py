@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-__all__ = ["empirical_ntk", "linear_softmax_ntk", "trainable_params", "ntk_matrix"]
+__all__ = ["empirical_ntk", "linear_softmax_ntk", "trainable_params", "check_preconditioner", "ntk_matrix"]
 
 Params = dict[str, torch.Tensor]
 
@@ -64,7 +64,19 @@ def _check_inputs(model: nn.Module, x_o: torch.Tensor, x_u: torch.Tensor, params
         )
 
 
-def _check_preconditioner(preconditioner: Params | None, params: Params) -> Params | None:
+def check_preconditioner(preconditioner: Params | None, params: Params) -> Params | None:
+    """Validate a diagonal preconditioner against the trainable parameters and cast it to their dtypes.
+
+    Args:
+        preconditioner: None, or name -> tensor with each trainable parameter's shape, entries finite and >= 0.
+        params: the trainable parameters (from ``trainable_params``).
+
+    Returns:
+        The preconditioner in the parameters' dtypes, or None.
+
+    Raises:
+        ValueError: naming the missing/extra keys, the parameter with the wrong shape, or negative/NaN entries.
+    """
     if preconditioner is None:
         return None
     if set(preconditioner) != set(params):
@@ -184,7 +196,7 @@ def empirical_ntk(
         raise ValueError(f"empirical_ntk(chunk_size): expected None or a positive int, got {chunk_size!r}")
     params, constants = trainable_params(model)
     _check_inputs(model, x_o, x_u, params)
-    precond = _check_preconditioner(preconditioner, params)
+    precond = check_preconditioner(preconditioner, params)
     f = _logits_fn(model, constants)
     algorithm = _ntk_jacobian if method == "jacobian" else _ntk_implicit
     return algorithm(f, params, precond, x_o, x_u, chunk_size)

@@ -153,6 +153,8 @@ def test_bad_input_raises_value_error_saying_what_and_where():
         decompose(model, x_o, x_u, 0, loss="dpo", eta=0.1)
     with pytest.raises(ValueError, match="takes one response"):
         decompose(model, x_o, x_u, 0, loss="sft", eta=0.1, y_rejected=1)
+    with pytest.raises(ValueError, match="uses no reference model"):
+        decompose(model, x_o, x_u, 0, loss="sft", eta=0.1, reference=model)
     with pytest.raises(ValueError, match=r"y_u.*outside \[0, V\) with V = 6"):
         decompose(model, x_o, x_u, 6, eta=0.1)
     with pytest.raises(ValueError, match="beta"):
