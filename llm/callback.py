@@ -1,0 +1,135 @@
+"""Probes inside any Hugging Face ``Trainer`` run (transformers, TRL's SFTTrainer and DPOTrainer): ``ProbeCallback``.
+
+The callback evaluates a probe set with the engine's batched ``ProbeEvaluator`` at step 0, every
+``eval_every_steps`` optimizer steps and at the final step, and writes the engine's run-directory format, so the app's
+LLM page and ``llm.runs`` read these runs like the engine's own:
+
+- ``config.json`` (written first): the callback's settings, the probe set, the truncation record, the Trainer's
+  arguments and whatever the caller adds;
+- ``env.json``: versions, git sha, device (``toykit.runs``);
+- ``metrics.jsonl``: tidy probe rows ``{step, examples_seen, phase, probe, statistic, value, count}`` and the
+  Trainer's own logs as TRL-named training rows ``{step, examples_seen, phase, loss, rewards/margins, ...}``.
+
+Only the main process (``state.is_world_process_zero``) evaluates and writes; under DDP the other ranks wait at the
+next gradient all-reduce. The probes see the model as the Trainer runs it: under ``bf16=True`` (TRL's default)
+accelerate wraps its forward in autocast, so the probe values carry that precision. A run resumed with ``trainer.train(resume_from_checkpoint=...)`` continues its own
+directory: rows written after the checkpoint are dropped, none are duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from llm.probes import ProbeEvaluator
+from toykit.runs import MetricsWriter, create_run_dir, json_safe, read_metrics, write_json
+
+__all__ = ["ProbeCallback", "examples_per_step"]
+
+_NOT_LOGGED = ("total_flos",)  # Trainer log keys that are not training curves
+
+
+def examples_per_step(args) -> int:
+    """Return the nominal global batch of one optimizer step: per-device batch x accumulation x processes."""
+    return int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps) * int(args.world_size)
+
+
+class ProbeCallback(TrainerCallback):
+    """Evaluate a probe set at step 0, every ``eval_every_steps`` steps and at the end of a ``Trainer`` run.
+
+    Args:
+        evaluator: the engine's batched probe evaluator (the probe set is tokenised once, when it is built).
+        out_dir: the run directory; it must not already hold a run unless the Trainer resumes from a checkpoint.
+        eval_every_steps: optimizer steps between evaluations; 0 evaluates at step 0 and at the end only.
+        phase: the ``phase`` column of every row (e.g. "sft", "dpo"), as in the engine's runs.
+        log_training: also write the Trainer's logs (loss, learning_rate, TRL's rewards/*, logps/*) as training rows.
+        config: extra JSON-ready fields recorded under "run" in config.json (model name, dataset, ...).
+
+    ``examples_seen`` is the nominal count ``step x per-device batch x accumulation x processes`` (a short last
+    batch of an epoch is counted as full).
+    """
+
+    def __init__(self, evaluator: ProbeEvaluator, out_dir: str | Path, *, eval_every_steps: int = 0,
+                 phase: str = "train", log_training: bool = True, config: dict[str, Any] | None = None):
+        if not isinstance(evaluator, ProbeEvaluator):
+            raise ValueError(f"evaluator must be an llm.probes.ProbeEvaluator, got {type(evaluator).__name__}")
+        if isinstance(eval_every_steps, bool) or not isinstance(eval_every_steps, int) or eval_every_steps < 0:
+            raise ValueError(f"eval_every_steps must be an integer >= 0, got {eval_every_steps!r}")
+        if not phase:
+            raise ValueError("phase must be a non-empty name, e.g. 'sft' or 'dpo'")
+        self.evaluator, self.out_dir = evaluator, Path(out_dir)
+        self.eval_every_steps, self.phase, self.log_training = eval_every_steps, phase, log_training
+        self.extra_config = dict(config or {})
+        self._writer: MetricsWriter | None = None
+        self._evaluated: set[int] = set()
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Run directory.
+
+    def _config(self, args) -> dict[str, Any]:
+        return {"kind": "trainer_probe_callback", "phase": self.phase, "eval_every_steps": self.eval_every_steps,
+                "examples_per_step": examples_per_step(args), "probe_set": self.evaluator.probe_set.describe(),
+                "probe_batch_size": self.evaluator.batch_size,
+                "greedy_max_new_tokens": self.evaluator.greedy_max_new_tokens,
+                "truncation": self.evaluator.truncation, "run": self.extra_config,
+                "trainer_args": json.loads(json.dumps(args.to_dict(), default=str))}
+
+    def _open(self, args, resumed_step: int) -> None:
+        """Create the run directory, or continue it when the Trainer resumed from step ``resumed_step`` > 0."""
+        metrics = self.out_dir / "metrics.jsonl"
+        if resumed_step > 0 and (self.out_dir / "config.json").exists():
+            kept = [r for r in read_metrics(metrics) if r["step"] <= resumed_step] if metrics.exists() else []
+            tmp = metrics.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(json_safe(r)) + "\n" for r in kept))
+            os.replace(tmp, metrics)  # rows written after the checkpoint belong to the lost future: drop them
+            self._evaluated = {r["step"] for r in kept if "probe" in r}
+        else:
+            create_run_dir(self._config(args), name=self.phase, out_dir=self.out_dir,
+                           env_extra={"world_size": int(args.world_size)})
+        self._writer = MetricsWriter(metrics)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Evaluation.
+
+    def _evaluate(self, args, state, model) -> None:
+        step = int(state.global_step)
+        if step in self._evaluated:
+            return
+        result = self.evaluator(model)
+        self._writer.write_many(result.rows(step, step * examples_per_step(args), self.phase))
+        self._evaluated.add(step)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        self._open(args, int(state.global_step))
+        self._evaluate(args, state, model)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.is_world_process_zero and self.eval_every_steps and state.global_step % self.eval_every_steps == 0:
+            self._evaluate(args, state, model)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not (state.is_world_process_zero and self.log_training and logs and self._writer is not None):
+            return
+        values = {k: float(v) for k, v in logs.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _NOT_LOGGED}
+        if values:
+            step = int(state.global_step)
+            self._writer.write({"step": step, "examples_seen": step * examples_per_step(args), "phase": self.phase,
+                                **values})
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        if not state.is_world_process_zero or self._writer is None:
+            return
+        self._evaluate(args, state, model)
+        self._writer.close()
+        self._writer = None
+        write_json(self.out_dir / "summary.json", {"final_step": int(state.global_step),
+                                                   "examples_seen": int(state.global_step) * examples_per_step(args),
+                                                   "evaluated_steps": sorted(self._evaluated)})
+
