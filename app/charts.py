@@ -22,7 +22,7 @@ PROBE_LABELS = {
     "random_permute": "y_urnd (y+ words shuffled)",
     "random_nonhum": "y_rnd (y_test words shuffled)",
     "argmax_teacher_forced": "teacher-forced argmax along y+",
-    "argmax_greedy": "free-running greedy response",
+    "greedy": "free-running greedy response",
 }
 
 

@@ -34,11 +34,8 @@ TIDY_COLUMNS = ("run", "phase", "step", "examples_seen", "probe", "statistic", "
 TRAIN_PROBE = "train"
 PAPER_EVAL_EVERY = 1000  # the paper's code evaluated the probes every 1000 training examples (PAPER.md section 7)
 
-# How a log-prob statistic is reduced over the response tokens, recognised from the statistic's name.
-REDUCTIONS = {
-    "summed": ("logp_sum", "logps_sum", "sum_logp", "summed", "logp"),
-    "mean": ("logp_mean", "logps_mean", "mean_logp", "per_token_mean", "token_mean", "mean"),
-}
+# How a response log-prob is reduced over its tokens: the statistic names written by llm.probes.
+REDUCTIONS = {"summed": ("logp_sum",), "mean": ("logp_mean",)}
 
 _PAPER_LOGP_PREFIX = "logps_eval_prob_train/"
 _PAPER_NORM_SUFFIX = "_A_o"

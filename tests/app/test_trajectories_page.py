@@ -1,0 +1,45 @@
+"""The trajectories and phase-diagram page: defaults show the DPO squeeze; controls change the result."""
+
+from tests.app.harness import assert_no_exception, run_page
+from toykit.experiments import phase_diagram, trajectories
+
+PAGE = "pages/4_Trajectories_and_phase_diagram.py"
+
+
+def _table(at, first_column):
+    """The page's data frame whose first column is ``first_column``."""
+    for frame in at.dataframe:
+        if frame.value.columns[0] == first_column:
+            return frame.value
+    raise AssertionError(f"no table starting with {first_column!r}")
+
+
+def test_defaults_show_trajectories_and_the_phase_diagram():
+    at = run_page(PAGE)
+    assert_no_exception(at)
+    assert not at.error
+    assert len(at.get("image")) == 2
+    runs = _table(at, "start/algorithm")
+    assert set(runs["start/algorithm"]) == {f"{s}/{a}" for s in trajectories.STARTS for a in ("sft", "dpo", "dpop")}
+    expected = trajectories.run(trajectories.Config(algorithms=("sft", "dpo", "dpop"), steps=100)).summary["runs"]
+    row = runs.set_index("start/algorithm").loc["peaky/valley/dpo"]
+    assert row["delta_pi_argmax_at_rejected_ctx"] == expected["peaky/valley/dpo"]["delta_pi_argmax_at_rejected_ctx"]
+    per_alg = _table(at, "algorithm")
+    assert per_alg["algorithm"].tolist() == ["dpo", "dpop"]
+    grid = phase_diagram.run(phase_diagram.Config(algorithms=("dpo", "dpop"), steps=100, etas=(0.3,),
+                                                  vocab_sizes=(50,))).summary["per_algorithm"]
+    assert per_alg["fell_fraction"].tolist() == [grid["dpo"]["fell_fraction"], grid["dpop"]["fell_fraction"]]
+
+
+def test_changing_the_algorithms_changes_the_tables():
+    at = run_page(PAGE)
+    at.multiselect(key="traj_algorithms").set_value(["dpo", "ipo"]).run()
+    assert_no_exception(at)
+    assert set(_table(at, "start/algorithm")["start/algorithm"]) == {
+        f"{s}/{a}" for s in trajectories.STARTS for a in ("dpo", "ipo")}
+
+
+def test_no_algorithm_shows_an_error_not_a_trace():
+    at = run_page(PAGE, traj_algorithms=[], phase_algorithms=[])
+    assert_no_exception(at)
+    assert [e.value for e in at.error] == ["Choose at least one algorithm.", "Choose at least one algorithm."]
