@@ -48,7 +48,8 @@ def _check_pi(pi: Any, name: str = "pi") -> np.ndarray:
     # Two passes without temporaries: a NaN/inf anywhere makes its row sum non-finite.
     sums = arr.sum(axis=-1)  # (...)
     if not np.all(np.isfinite(sums)):
-        raise ValueError(f"{name}: expected finite probabilities, found {int(np.sum(~np.isfinite(arr)))} NaN/inf entries")
+        bad = int(np.sum(~np.isfinite(arr)))
+        raise ValueError(f"{name}: expected finite probabilities, found {bad} NaN/inf entries")
     low = arr.min()
     if low < 0:
         raise ValueError(f"{name}: expected non-negative probabilities, found minimum {low:.3g}")
@@ -421,30 +422,19 @@ def positive_contrast(pi: Any, y: Any, c: Any, *, atol: float = 1e-12) -> Positi
     label = _check_labels(y, lead, arr.shape[-1], "y")
     step = _check_c(c, lead)
     pi_new, _ = _tilted_step(arr, label, step, sign=-1.0)
-    support = arr > 0
+    skipped = ~(arr > 0) | _one_hot(label, arr.shape[-1])  # (..., V): y and zero-mass labels
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_change = np.where(support, np.log(np.where(support, pi_new, 1.0)) - np.log(np.where(support, arr, 1.0)),
-                              np.nan)  # (..., V)
-    log_change_others = log_change.copy()
-    _one_hot_add(log_change_others, label, np.nan)
-    order = np.argsort(arr, axis=-1, kind="stable")  # (..., V) poorest first
-    sorted_change = np.take_along_axis(log_change_others, order, axis=-1)  # (..., V)
-    # Moving from poor to rich, the relative change may only go down (NaN entries: y and zero-mass labels).
-    filled = _drop_nan_running(sorted_change)
-    rich_lose_most = np.all(np.diff(filled, axis=-1) <= atol, axis=-1)
+        log_change = np.log(pi_new) - np.log(arr)  # (..., V)
+    # Skipped labels go first with change +inf; from poor to rich the relative change may then only go down.
+    order = np.argsort(np.where(skipped, -1.0, arr), axis=-1, kind="stable")  # (..., V)
+    ordered = np.take_along_axis(np.where(skipped, np.inf, log_change), order, axis=-1)  # (..., V)
+    steps_down = np.diff(ordered, axis=-1)  # (..., V - 1); inf - inf = NaN between skipped labels
+    rich_lose_most = np.all(np.isnan(steps_down) | (steps_down <= atol), axis=-1)
     richest = _best_other(arr, label)
     return PositiveContrast(
         y=label, y_increases=_take(pi_new, label) > _take(arr, label), rich_lose_most=rich_lose_most,
         richest_other=richest, log_change_richest_other=_take(log_change, richest),
     )
-
-
-def _drop_nan_running(values: np.ndarray) -> np.ndarray:
-    """Replace NaNs by the last non-NaN value to their left (+inf before the first one), along the last axis."""
-    padded = np.concatenate([np.full((*values.shape[:-1], 1), np.inf), values], axis=-1)  # (..., V + 1)
-    positions = np.where(np.isnan(padded), 0, np.arange(padded.shape[-1]))  # (..., V + 1)
-    np.maximum.accumulate(positions, axis=-1, out=positions)
-    return np.take_along_axis(padded, positions, axis=-1)[..., 1:]  # (..., V)
 
 
 # ----------------------------------------------------------------------------------------------- distributions

@@ -79,7 +79,8 @@ class SqueezeDemoConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: expected a learning rate eta > 0, got {getattr(self, name)}")
         labels = {"label_a": self.label_a, "label_b": self.label_b, "label_d_minus": self.label_d_minus,
-                  "label_d_plus": self.label_d_plus, **{f"peaky_labels[{i}]": y for i, y in enumerate(self.peaky_labels)}}
+                  "label_d_plus": self.label_d_plus}
+        labels.update({f"peaky_labels[{i}]": y for i, y in enumerate(self.peaky_labels)})
         if self.label_c is not None:
             labels["label_c"] = self.label_c
         for name, y in labels.items():
@@ -160,6 +161,7 @@ def _real_step(weight: np.ndarray, x: np.ndarray, *, ybar: Optional[int], lr_min
 
 def _panel(key: str, title: str, weight: np.ndarray, x: np.ndarray, *, ybar: Optional[int] = None,
            lr_minus: float = 0.0, y_plus: Optional[int] = None, lr_plus: float = 0.0) -> PanelResult:
+    """Take the panel's real step from W (V, d) and x (d,); check it against the closed form; measure the claims."""
     pi_before, pi_after = _real_step(weight, x, ybar=ybar, lr_minus=lr_minus, y_plus=y_plus, lr_plus=lr_plus)
     x_norm_sq = float(x @ x)
     c_minus, c_plus = lr_minus * x_norm_sq, lr_plus * x_norm_sq
@@ -180,8 +182,9 @@ def _panel(key: str, title: str, weight: np.ndarray, x: np.ndarray, *, ybar: Opt
                   "richest_other": contrast["richest_other"],
                   "richest_other_log_change": contrast["log_change_richest_other"]}
     else:
-        z = np.log(pi_before)
-        z_new = z + c_minus * (pi_before - np.eye(pi_before.size)[ybar]) - c_plus * (pi_before - np.eye(pi_before.size)[y_plus])
+        # z' = z + c_-(pi - e_ybar) - c_+(pi - e_y+), with z = log pi (logits up to a shift).
+        labels = np.arange(pi_before.size)
+        z_new = np.log(pi_before) + c_minus * (pi_before - (labels == ybar)) - c_plus * (pi_before - (labels == y_plus))
         closed = _softmax(z_new)
         claims = _combined_claims(pi_before, pi_after, ybar, y_plus, c_minus, c_plus)
         y_star = int(claims["negative_part"]["y_star"])
@@ -230,7 +233,8 @@ def run(cfg: SqueezeDemoConfig) -> SqueezeDemoResult:
     target[list(cfg.peaky_labels)] = 1.0
     w_peaky = w_random - cfg.peaky_lr * np.outer(_softmax(w_random @ x) - target, x)  # (V, d)
     x_large = rng.standard_normal((cfg.large_feature_dim, 1))[:, 0]  # (d_E,)
-    w_large = cfg.large_weight_scale * rng.standard_normal((cfg.large_feature_dim, cfg.large_num_classes)).T  # (V_E, d_E)
+    w_large = cfg.large_weight_scale * rng.standard_normal((cfg.large_feature_dim, cfg.large_num_classes)).T
+    # w_large: (V_E, d_E)
 
     peak = int(np.argmax(_softmax(w_peaky @ x))) if cfg.label_c is None else cfg.label_c
     panels = [
@@ -266,7 +270,8 @@ def _summary(result: SqueezeDemoResult) -> dict[str, Any]:
         row["observations"] = {k: v for k, v in p.claims.items() if isinstance(v, bool) and not k.startswith("claim")}
         panels[key] = row
     verdicts = [v for row in panels.values() for v in row["claims"].values()]
-    return {"figure": "squeeze.png", "details": "squeeze.json", "panels": panels, "all_claims_hold": bool(all(verdicts))}
+    return {"figure": "squeeze.png", "details": "squeeze.json", "panels": panels,
+            "all_claims_hold": bool(all(verdicts))}
 
 
 def save(result: SqueezeDemoResult, run_dir: str | Path, dpi: int = 110) -> dict[str, Path]:

@@ -30,8 +30,8 @@ def squeeze_cases(draw, peaky_only: bool = False):
     seed = draw(st.integers(0, 2**32 - 1))
     rng = np.random.default_rng(seed)
     if peaky_only:
-        pi = peaky_distribution(rng, num_classes, draw(st.floats(0.9, 0.999)), peak=draw(st.integers(0, num_classes - 1)),
-                                tail_concentration=draw(st.floats(0.05, 5.0)))
+        peak_mass, peak = draw(st.floats(0.9, 0.999)), draw(st.integers(0, num_classes - 1))
+        pi = peaky_distribution(rng, num_classes, peak_mass, peak=peak, tail_concentration=draw(st.floats(0.05, 5.0)))
     else:
         scale = draw(st.floats(0.01, 12.0))
         pi = random_distribution(rng, num_classes, temperature=1.0 / scale)
@@ -220,8 +220,8 @@ def test_claim_5_smaller_pi_ybar_squeezes_the_rest_harder():
 def test_claim_5_the_absolute_gain_of_ystar_is_not_what_grows():
     # A valley has little mass to give away: y* gains less in absolute terms, yet the rest is squeezed harder.
     shape = np.array([0.5, 0.3, 0.2])
-    peak_gain = [squeeze_claims(_with_ybar_mass(shape, q), 0, 3.0) for q in (0.5, 0.001)]
-    assert peak_gain[1].pi_ystar_after - peak_gain[1].pi_ystar_before < peak_gain[0].pi_ystar_after - peak_gain[0].pi_ystar_before
+    peak, valley = (squeeze_claims(_with_ybar_mass(shape, q), 0, 3.0) for q in (0.5, 0.001))
+    assert valley.pi_ystar_after - valley.pi_ystar_before < peak.pi_ystar_after - peak.pi_ystar_before
     assert ystar_conditional_log_gain(_with_ybar_mass(shape, 0.001), 0, 3.0) > ystar_conditional_log_gain(
         _with_ybar_mass(shape, 0.5), 0, 3.0)
 

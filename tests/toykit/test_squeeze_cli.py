@@ -91,7 +91,8 @@ def test_panels_show_the_notebook_settings(panels):
 def test_config_file_then_flags_override(tmp_path):
     config_file = tmp_path / "cfg.json"
     config_file.write_text(json.dumps({"lr_b": 0.6, "label_a": 3, "large_num_classes": 40, "label_e": 7}))
-    out = squeeze_main(["--config", str(config_file), "--lr-b", "0.9", "--dpi", "40", "--out-dir", str(tmp_path / "run")])
+    argv = ["--config", str(config_file), "--lr-b", "0.9", "--dpi", "40", "--out-dir", str(tmp_path / "run")]
+    out = squeeze_main(argv)
     config = json.loads((out / "config.json").read_text())
     assert config["lr_b"] == 0.9 and config["label_a"] == 3 and config["large_num_classes"] == 40
     panels = json.loads((out / "squeeze.json").read_text())["panels"]
