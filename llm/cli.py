@@ -1,0 +1,83 @@
+"""Command line: ``python -m llm sft|dpo|train|eval`` with dataclass configs (``--config FILE`` then ``--field``).
+
+    python -m llm sft --epochs 2                       # SFT of a tiny GPT-2 on synthetic pairs
+    python -m llm sft --loss extend                    # the paper's extend SFT (y+ and y- as targets)
+    python -m llm dpo --model runs/<sft-run>/model     # DPO from a saved model
+    python -m llm train --loss ipo --beta 0.5          # any loss of the toykit registry
+    python -m llm eval --probes hh_formal_prob_train.jsonl --model DIR
+    python -m llm train --loss dpo --out-dir runs/x --resume   # continue a killed run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from typing import Sequence
+
+from llm.config import EvalConfig, TrainConfig
+from llm.objective import NonFiniteLossError, Objective
+from toykit.configs import add_config_arguments, config_from_namespace
+from toykit.runs import read_json
+
+__all__ = ["main", "build_parser"]
+
+_FIXED = {"sft": ("sft", "extend"), "dpo": ("dpo",)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-command per entry point."""
+    parser = argparse.ArgumentParser(prog="python -m llm", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    subs = parser.add_subparsers(dest="command", required=True, metavar="{sft,dpo,train,eval}")
+    helps = {"sft": "supervised finetuning on y+ (or --loss extend: on y+ and y-)",
+             "dpo": "direct preference optimisation (toykit loss 'dpo')",
+             "train": f"any loss: --loss one of {', '.join(Objective.known())}",
+             "eval": "evaluate every probe type of a probe set on a model"}
+    for name, text in helps.items():
+        sub = subs.add_parser(name, help=text, description=text)  # field help already states the default
+        add_config_arguments(sub, EvalConfig if name == "eval" else TrainConfig)
+    return parser
+
+
+def _config(parser: argparse.ArgumentParser, ns: argparse.Namespace):
+    if ns.command == "eval":
+        return config_from_namespace(EvalConfig, ns)
+    if ns.command == "train" and ns.loss is None:
+        parser.error("train needs --loss NAME; known: " + ", ".join(Objective.known()))
+    cfg = config_from_namespace(TrainConfig, ns)
+    if ns.command in _FIXED:
+        allowed = _FIXED[ns.command]
+        given = ns.loss or (read_json(ns.config).get("loss") if ns.config else None)
+        if given is None:
+            cfg = dataclasses.replace(cfg, loss=allowed[0])
+        elif given not in allowed:
+            parser.error(f"{ns.command} takes --loss {' or '.join(allowed)}; use `train --loss {given}`")
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, run the command, print the run directory and wall time; return the exit status."""
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        cfg = _config(parser, ns)
+    except ValueError as err:
+        parser.error(str(err))
+    from llm.training import evaluate, train  # heavy imports only once the command line is valid
+
+    start = time.perf_counter()
+    try:
+        if ns.command == "eval":
+            _, run_dir = evaluate(cfg)
+        else:
+            run_dir = train(cfg).run_dir
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except (ValueError, FileExistsError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"run directory: {run_dir}  ({time.perf_counter() - start:.1f} s)")
+    return 0
