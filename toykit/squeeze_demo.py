@@ -8,13 +8,17 @@ W and panel E's x and W, in that order), so a legacy ``RandomState`` reproduces 
     A  positive gradient on one label, uniform W (lr 0.5)
     B  negative gradient on a flat pi (lr 0.3)
     C  negative gradient on the PEAK of a peaky pi (lr 0.5)
-    D  negative gradient on a VALLEY label of a peaky pi plus a positive gradient on another (lr 0.5 each)
+    D  negative gradient on a VALLEY label of a peaky pi (lr 0.5); optionally plus a positive gradient on another
+       label (``--lr-d-plus``)
     E  large vocabulary, V = 1000, feature dim 50 (lr 1)
 
 The peaky W is one GD step (lr 1) from a random W on L = logsumexp(z) - t.z with a multi-hot t on 8 labels (the
 notebook's update W - lr (pi - t) x^T).
 
-Note on D: with one shared x and equal learning rates the pi terms of the two gradients cancel,
+Note on D: the notebook's code calls ``case_all(W_t=Wt_peaky, X=X, minus=42, minus_lr=0.5)``, whose ``plus_lr``
+defaults to 0, so its panel D is a negative step alone; PAPER.md describes it as negative plus positive (lr 0.5 each).
+The default follows the code (``lr_d_plus = 0``); ``--lr-d-plus 0.5`` gives the described variant. There, with one
+shared x and equal learning rates the pi terms of the two gradients cancel,
 z' = z + c (e_{y+} - e_ybar), so every label other than y+ and ybar moves by the same factor 1/Z with
 Z = 1 + pi(y+)(e^c - 1) - pi(ybar)(1 - e^-c): y* rises only when pi(y+)(e^c - 1) < pi(ybar)(1 - e^-c). The JSON
 records that prediction, and the negative part of D alone (where y* must rise, claim 2).
@@ -58,8 +62,10 @@ class SqueezeDemoConfig:
     label_c: Optional[int] = field(default=None, metadata={"help": "panel C: ybar; none = the peak argmax pi"})
     lr_c: float = field(default=0.5, metadata={"help": "panel C: eta of the negative step"})
     label_d_minus: int = field(default=42, metadata={"help": "panel D: valley label ybar pushed down"})
-    label_d_plus: int = field(default=25, metadata={"help": "panel D: label y+ pulled up at the same time"})
-    lr_d: float = field(default=0.5, metadata={"help": "panel D: eta of each of the two steps"})
+    label_d_plus: int = field(default=25, metadata={"help": "panel D: label y+ pulled up when lr_d_plus > 0"})
+    lr_d: float = field(default=0.5, metadata={"help": "panel D: eta of the negative step"})
+    lr_d_plus: float = field(default=0.0, metadata={
+        "help": "panel D: eta of a simultaneous positive step on label_d_plus (0 = the notebook code's panel D)"})
     large_num_classes: int = field(default=1000, metadata={"help": "panel E: V"})
     large_feature_dim: int = field(default=50, metadata={"help": "panel E: dimension of x"})
     large_weight_scale: float = field(default=0.5, metadata={"help": "panel E: std of the random W"})
@@ -88,6 +94,8 @@ class SqueezeDemoConfig:
                 raise ValueError(f"{name}: expected a label in [0, {self.num_classes}), got {y}")
         if not 0 <= self.label_e < self.large_num_classes:
             raise ValueError(f"label_e: expected a label in [0, {self.large_num_classes}), got {self.label_e}")
+        if not self.lr_d_plus >= 0:
+            raise ValueError(f"lr_d_plus: expected >= 0 (0 disables the positive step), got {self.lr_d_plus}")
         if self.label_d_minus == self.label_d_plus:
             raise ValueError(f"label_d_plus: expected a label other than label_d_minus={self.label_d_minus}")
 
@@ -244,9 +252,10 @@ def run(cfg: SqueezeDemoConfig) -> SqueezeDemoResult:
                ybar=cfg.label_b, lr_minus=cfg.lr_b),
         _panel("C", f"C: negative gradient on the peak ybar={peak} (peaky pi, lr {cfg.lr_c:g})", w_peaky, x,
                ybar=peak, lr_minus=cfg.lr_c),
-        _panel("D", f"D: negative on valley ybar={cfg.label_d_minus} + positive on y={cfg.label_d_plus} "
-               f"(lr {cfg.lr_d:g} each)", w_peaky, x, ybar=cfg.label_d_minus, lr_minus=cfg.lr_d,
-               y_plus=cfg.label_d_plus, lr_plus=cfg.lr_d),
+        _panel("D", f"D: negative on valley ybar={cfg.label_d_minus} (lr {cfg.lr_d:g})"
+               + (f" + positive on y={cfg.label_d_plus} (lr {cfg.lr_d_plus:g})" if cfg.lr_d_plus > 0 else ""),
+               w_peaky, x, ybar=cfg.label_d_minus, lr_minus=cfg.lr_d,
+               y_plus=cfg.label_d_plus if cfg.lr_d_plus > 0 else None, lr_plus=cfg.lr_d_plus),
         _panel("E", f"E: negative gradient on ybar={cfg.label_e}, V={cfg.large_num_classes} (lr {cfg.lr_e:g})",
                w_large, x_large, ybar=cfg.label_e, lr_minus=cfg.lr_e),
     ]

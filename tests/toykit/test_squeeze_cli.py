@@ -40,22 +40,29 @@ def test_run_directory_holds_config_env_figure_and_json(run_dir, capsys):
     assert set(summary["panels"]) == {"A", "B", "C", "D", "E"}
 
 
-def test_panel_d_pushes_the_valley_down_and_squeezes_its_negative_part_into_ystar(panels):
+def test_panel_d_pushes_the_valley_down_and_squeezes_the_mass_into_ystar(panels):
     d = panels["D"]
     before, after = np.array(d["pi_before"]), np.array(d["pi_after"])
-    ybar, y_plus, y_star = d["ybar"], d["y_plus"], d["y_star"]
+    ybar, y_star = d["ybar"], d["y_star"]
+    assert d["y_plus"] is None  # the notebook code's panel D: a negative step alone
     assert before[ybar] < np.median(before)  # ybar is a valley of the peaky pi
     others = [i for i in range(before.size) if i != ybar]
     assert y_star == others[int(np.argmax(before[others]))]
     assert after[ybar] < before[ybar]
-    assert after[y_plus] > before[y_plus]
-    # The negative gradient alone squeezes: pi(ybar) falls and the mass goes to y*.
+    assert after[y_star] > before[y_star]
+    assert d["claims"]["claim1_ybar_decreases"] and d["claims"]["claim2_ystar_increases"]
+    np.testing.assert_allclose(squeeze_step(before, ybar, d["c_minus"]), after, atol=1e-13)
+
+
+def test_panel_d_with_a_positive_step_moves_ystar_as_the_closed_form_says(tmp_path):
+    # PAPER.md's variant: a positive step on y+ at the same x and lr; the pi terms then cancel.
+    out = squeeze_main(["--lr-d-plus", "0.5", "--out-dir", str(tmp_path / "run")])
+    d = json.loads((out / "squeeze.json").read_text())["panels"]["D"]
+    before, after = np.array(d["pi_before"]), np.array(d["pi_after"])
+    ybar, y_plus, y_star = d["ybar"], d["y_plus"], d["y_star"]
+    assert after[ybar] < before[ybar] and after[y_plus] > before[y_plus]
     negative = d["claims"]["negative_part"]
     assert negative["claim1_ybar_decreases"] and negative["claim2_ystar_increases"]
-    assert negative["pi_ystar_after"] > negative["pi_ystar_before"]
-    alone = squeeze_step(before, ybar, d["c_minus"])
-    assert alone[y_star] > before[y_star] and alone[ybar] < before[ybar]
-    # With the positive step on the same x the pi terms cancel: y* moves as the closed form says.
     c = d["c_minus"]
     assert d["c_plus"] == c
     rises = before[y_plus] * np.expm1(c) < before[ybar] * -np.expm1(-c)
