@@ -13,3 +13,34 @@ Notation (paper symbol -> code name, shape, meaning); N batch, V vocabulary/clas
 | eta | ``eta`` | scalar | learning rate |
 | c = eta ||x||^2 | ``c`` | scalar | step size of the linear-softmax squeeze |
 """
+
+from toykit.decomposition import (Decomposition, EtaSweep, decompose, diagonal_preconditioner, eta_sweep,
+                                  loglog_slope)
+from toykit.losses import LOSSES, LossSpec, compute_loss, compute_loss_grad, get_loss, loss_names
+from toykit.models import MLP, LinearSoftmax, SmallConvNet
+from toykit.ntk import check_preconditioner, empirical_ntk, linear_softmax_ntk, ntk_matrix, trainable_params
+from toykit.residuals import Residual, residual, sequence_residual
+from toykit.softmax import check_distribution, log_softmax, log_softmax_jacobian, softmax
+from toykit.squeeze import (PositiveContrast, SqueezeClaims, peaky_distribution, positive_contrast, positive_step,
+                            random_distribution, rise_threshold, rose, squeeze_claims, squeeze_logits_step,
+                            squeeze_step, temper, ystar_conditional_log_gain)
+
+# The sympy derivations live in ``toykit.symbolic`` (imported on demand: sympy is slow to load):
+# Derivation, log_softmax_jacobian_sympy, residual_sympy, squeeze_update_sympy.
+
+__all__ = [
+    # softmax and A
+    "softmax", "log_softmax", "check_distribution", "log_softmax_jacobian",
+    # toy models and K
+    "LinearSoftmax", "MLP", "SmallConvNet",
+    "empirical_ntk", "linear_softmax_ntk", "ntk_matrix", "trainable_params", "check_preconditioner",
+    # losses and G
+    "LossSpec", "LOSSES", "get_loss", "loss_names", "compute_loss", "compute_loss_grad",
+    "Residual", "residual", "sequence_residual",
+    # Proposition 1
+    "Decomposition", "EtaSweep", "decompose", "eta_sweep", "diagonal_preconditioner", "loglog_slope",
+    # squeezing
+    "squeeze_step", "positive_step", "squeeze_logits_step", "rise_threshold", "rose", "SqueezeClaims",
+    "squeeze_claims", "PositiveContrast", "positive_contrast", "ystar_conditional_log_gain",
+    "peaky_distribution", "random_distribution", "temper",
+]
