@@ -50,7 +50,8 @@ class Config:
     beta: float = field(default=0.1, metadata={"help": "beta of the preference losses (DPO's inverse temperature)"})
     steps: int = field(default=300, metadata={"help": "T, the number of SGD steps"})
     record_every: int = field(default=5, metadata={"help": "record the metrics every this many steps"})
-    topk: int = field(default=3, metadata={"help": "size of the 'topk' mass group (start-likely labels after the peak)"})
+    topk: int = field(default=3, metadata={
+        "help": "size of the 'topk' mass group (start-likely labels after the peak)"})
     seed: int = field(default=0, metadata={"help": "seed of the on-policy draws"})
 
     def __post_init__(self) -> None:
