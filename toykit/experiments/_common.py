@@ -104,10 +104,11 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
     Math: r = sum (a - mean a)(b - mean b) / sqrt(sum (a - mean a)^2 sum (b - mean b)^2).
     """
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
     if a.shape != b.shape:
         raise ValueError(f"pearson: shapes differ, {a.shape} vs {b.shape}")
+    a, b = a.ravel(), b.ravel()
     da, db = a - a.mean(), b - b.mean()
     denom = math.sqrt(float(da @ da) * float(db @ db))
     return float(da @ db / denom) if denom > 0 else float("nan")
