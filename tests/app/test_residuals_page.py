@@ -1,0 +1,35 @@
+"""The loss-residuals page: every algorithm side by side; controls change the result; bad settings."""
+
+from tests.app.harness import assert_no_exception, run_page
+from toykit.experiments import loss_residuals
+
+PAGE = "pages/3_Loss_residuals.py"
+
+
+def test_default_shows_every_algorithm_on_one_distribution():
+    at = run_page(PAGE)
+    assert_no_exception(at)
+    expected = loss_residuals.run(loss_residuals.Config()).summary
+    table = at.dataframe[0].value
+    assert table.index.tolist() == list(expected["algorithms"])
+    assert table.loc["dpo_offpolicy", "delta_pi_chosen"] == expected["algorithms"]["dpo_offpolicy"]["delta_pi_chosen"]
+    assert {m.label: m.value for m in at.metric}[f"dataset y- = {expected['dataset_rejected']}"] == \
+        f"pi = {expected['initial_pi_rejected']:.3g}"
+    assert len(at.get("image")) == 1
+
+
+def test_moving_the_rejected_response_out_of_the_valley_changes_it():
+    at = run_page(PAGE, algorithms=["sft", "dpo_offpolicy"])
+    before = {m.label for m in at.metric}
+    at.slider(key="valley_quantile").set_value(0.5).run()
+    assert_no_exception(at)
+    expected = loss_residuals.run(loss_residuals.Config(algorithms=("sft", "dpo_offpolicy"),
+                                                        valley_quantile=0.5)).summary
+    assert f"dataset y- = {expected['dataset_rejected']}" in {m.label for m in at.metric} - before
+    assert at.dataframe[0].value.index.tolist() == ["sft", "dpo_offpolicy"]
+
+
+def test_no_algorithm_shows_an_error_not_a_trace():
+    at = run_page(PAGE, algorithms=[])
+    assert_no_exception(at)
+    assert [e.value for e in at.error] == ["Choose at least one algorithm."]
