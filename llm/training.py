@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from llm.checkpoint import load_checkpoint, probe_array_path, rewind_outputs, save_checkpoint
 from llm.config import RESUME_FREE_FIELDS, EvalConfig, TrainConfig
+from llm.distributed import SINGLE_PROCESS, World
 from llm.encoding import encode_sequence, truncation_report
 from llm.inputs import build_inputs
 from llm.objective import (NonFiniteLossError, Objective, batch_loss, make_pair_batch, precompute_reference_logps,
@@ -44,6 +46,9 @@ class TrainResult:
     examples_seen: int
     probes: ProbeResult | None
     summary: dict
+
+
+_PARTS = ("logps_chosen", "logps_rejected", "ref_chosen", "ref_rejected")  # per-example tensors of batch_loss
 
 
 def epoch_order(num_pairs: int, seed: int, epoch: int) -> list[int]:
@@ -104,7 +109,8 @@ def _evaluate(evaluator: ProbeEvaluator, model, run_dir: Path, writer: MetricsWr
     return result
 
 
-def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None) -> TrainResult:
+def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None, *,
+          world: World = SINGLE_PROCESS) -> TrainResult:
     """Run (or resume) one finetuning phase described by ``cfg``; see the module docstring for the outputs.
 
     Args:
@@ -112,23 +118,26 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None)
         model, tokenizer: a model object to continue from (e.g. the result of an SFT phase) and its tokenizer.
         pairs: preference pairs (default: read from ``cfg.data``); the last ``cfg.held_out`` are not trained on.
         probes: a ProbeSet (default: ``cfg.probes`` or derived from the first training pairs).
+        world: the data-parallel process group (llm.distributed); rank 0 alone writes and evaluates the probes.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf; summary.json says where, metrics written so far are kept.
     """
-    resuming = cfg.resume and (Path(cfg.out_dir) / "config.json").exists()
+    resuming = world.broadcast(cfg.resume and (Path(cfg.out_dir) / "config.json").exists())
     if resuming:
         run_dir = Path(cfg.out_dir)
         _check_resumable(cfg, run_dir)
     else:
-        run_dir = create_run_dir(cfg, cfg.phase_name, out_dir=cfg.out_dir, root=cfg.runs_root)
+        run_dir = world.broadcast(create_run_dir(cfg, cfg.phase_name, out_dir=cfg.out_dir, root=cfg.runs_root)
+                                  if world.is_main else None)
     if cfg.bf16 and cfg.device == "cpu":
         raise ValueError("bf16 autocast needs a CUDA device; drop --bf16 or use --device cuda")
-    inputs = build_inputs(cfg, model=model, tokenizer=tokenizer, pairs=pairs, probes=probes,
-                          tokenizer_dir=run_dir / "tokenizer" if resuming else None)
+    with world.main_first():  # the other ranks load the tokenizer the main process trained and saved
+        inputs = build_inputs(cfg, model=model, tokenizer=tokenizer, pairs=pairs, probes=probes,
+                              tokenizer_dir=run_dir / "tokenizer" if resuming or not world.is_main else None)
+        if not resuming and world.is_main:
+            inputs.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
     model, tok, objective = inputs.model, inputs.tokenizer, Objective(cfg.loss, cfg.hparams())
-    if not resuming:
-        tok.save_pretrained(str(run_dir / "tokenizer"))
     device = next(model.parameters()).device
     source = cfg.data or "synthetic pairs"
     chosen = [encode_sequence(tok, p.prompt, p.chosen, inputs.policy, f"{source} pair {i}")
@@ -141,21 +150,23 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None)
 
     ref_c = ref_r = ref_model = None
     state = load_checkpoint(run_dir, map_location=device) if resuming else None
-    if objective.needs_reference and cfg.reference == "precomputed":
-        ref_path = run_dir / "reference_logps.pt"
-        if resuming and ref_path.exists():
-            ref_c, ref_r = torch.load(ref_path).values()
-        else:  # the reference is the policy before any step, scored once for the whole dataset
-            ref_c, ref_r = precompute_reference_logps(model, chosen, rejected, tok.pad_token_id,
-                                                      batch_size=cfg.probe_batch_size, bf16=cfg.bf16)
-            torch.save({"chosen": ref_c, "rejected": ref_r}, ref_path)
-    elif objective.needs_reference:
-        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-        ref_path = run_dir / "reference_model.pt"
-        if resuming and ref_path.exists():
-            ref_model.load_state_dict(torch.load(ref_path, map_location=device))
-        else:
-            torch.save(ref_model.state_dict(), ref_path)
+    reuse = resuming or not world.is_main  # other ranks read what the main process saved
+    with world.main_first():
+        if objective.needs_reference and cfg.reference == "precomputed":
+            ref_path = run_dir / "reference_logps.pt"
+            if reuse and ref_path.exists():
+                ref_c, ref_r = torch.load(ref_path).values()
+            else:  # the reference is the policy before any step, scored once for the whole dataset
+                ref_c, ref_r = precompute_reference_logps(model, chosen, rejected, tok.pad_token_id,
+                                                          batch_size=cfg.probe_batch_size, bf16=cfg.bf16)
+                torch.save({"chosen": ref_c, "rejected": ref_r}, ref_path)
+        elif objective.needs_reference:
+            ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+            ref_path = run_dir / "reference_model.pt"
+            if reuse and ref_path.exists():
+                ref_model.load_state_dict(torch.load(ref_path, map_location=device))
+            else:
+                torch.save(ref_model.state_dict(), ref_path)
 
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 momentum=cfg.momentum)
@@ -168,11 +179,13 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step = state["step"]
-        rewind_outputs(run_dir, metrics_path, step, state["metrics_bytes"])
-    elif resuming:  # killed before the first checkpoint: start over in the same directory
+        if world.is_main:
+            rewind_outputs(run_dir, metrics_path, step, state["metrics_bytes"])
+    elif resuming and world.is_main:  # killed before the first checkpoint: start over in the same directory
         rewind_outputs(run_dir, metrics_path, -1, 0)
+    world.broadcast_parameters(model.parameters())  # identical replicas, whatever each rank loaded
     seen = plan.examples_after(step)
-    phase, writer = cfg.phase_name, MetricsWriter(metrics_path)
+    phase, writer = cfg.phase_name, MetricsWriter(metrics_path if world.is_main else os.devnull)
     summary = {"status": "running", "phase": phase, "loss": cfg.loss, "objective_hparams": objective.hparams,
                "num_train_pairs": len(chosen), "num_held_out": len(inputs.held_out), "total_steps": plan.total_steps,
                "reference": cfg.reference if objective.needs_reference else None,
@@ -181,13 +194,16 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None)
     timing = {"train_seconds": 0.0, "probe_seconds": 0.0}
     last = None
 
-    def probe_now() -> ProbeResult:
+    def probe_now() -> ProbeResult | None:
+        if not world.is_main:
+            return None
         t0 = time.perf_counter()
         result = _evaluate(evaluator, model, run_dir, writer, step, seen, phase)
         timing["probe_seconds"] += time.perf_counter() - t0
         return result
 
-    bar = tqdm(total=plan.total_steps, initial=step, disable=not cfg.progress, desc=phase, unit="step")
+    bar = tqdm(total=plan.total_steps, initial=step, disable=not (cfg.progress and world.is_main), desc=phase,
+               unit="step")
     try:
         if step == 0:
             last = probe_now()
@@ -198,8 +214,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None)
             idx = plan.indices(step)
             optimizer.zero_grad(set_to_none=True)
             losses, parts = [], []
-            for start in range(0, len(idx), cfg.batch_size):
-                micro = idx[start: start + cfg.batch_size]
+            mine = world.shard(idx)  # this rank's part of the global batch (all of it in one process)
+            for start in range(0, len(mine), cfg.batch_size):
+                micro = mine[start: start + cfg.batch_size]
                 batch = make_pair_batch(micro, chosen, rejected, tok.pad_token_id)
                 batch = dataclasses.replace(batch, sequences=batch.sequences.to(device))
                 loss, part = batch_loss(model, batch, objective, ref_chosen=None if ref_c is None else ref_c[micro],
@@ -208,14 +225,16 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None)
                 (loss.sum() / len(idx)).backward()  # mean over the effective batch, whatever the accumulation
                 losses.append(loss.detach())
                 parts.append({k: None if v is None else v.detach() for k, v in part.items()})
+            world.sum_gradients(params)
             lr = optimizer.param_groups[0]["lr"]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
             optimizer.step()
             scheduler.step()
             step, seen = step + 1, seen + len(idx)
-            merged = {k: None if parts[0][k] is None else torch.cat([p[k] for p in parts]) for k in parts[0]}
+            merged = world.gather({k: None if not parts or parts[0][k] is None else torch.cat([p[k] for p in parts])
+                                   for k in _PARTS} | {"losses": torch.cat(losses) if losses else None})
             row = {"step": step, "examples_seen": seen, "phase": phase, "epoch": seen / len(chosen),
-                   **trl_metrics(torch.cat(losses), merged, objective.beta), "grad_norm": float(grad_norm),
+                   **trl_metrics(merged.pop("losses"), merged, objective.beta), "grad_norm": float(grad_norm),
                    "learning_rate": lr}
             writer.write(row)
             timing["train_seconds"] += time.perf_counter() - t0
@@ -225,7 +244,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None)
                 last = probe_now()
             if step == plan.total_steps:
                 break
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and world.is_main:
                 save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
                                 examples_seen=seen, metrics_path=metrics_path)
             if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
@@ -236,11 +255,14 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None)
         bar.close()
         writer.close()
         message = f"{err}: stopped at optimizer step {step + 1} ({seen} examples seen); rows written so far kept"
-        write_json(run_dir / "summary.json", {**summary, **timing, "status": "non_finite_loss", "message": message,
-                                              "step": step, "examples_seen": seen})
+        if world.is_main:
+            write_json(run_dir / "summary.json", {**summary, **timing, "status": "non_finite_loss",
+                                                  "message": message, "step": step, "examples_seen": seen})
         raise NonFiniteLossError(f"{message} in {run_dir}") from None
     bar.close()
     writer.close()
+    if not world.is_main:
+        return TrainResult(run_dir, model, tok, "completed", step, seen, None, summary)
     save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step, examples_seen=seen,
                     metrics_path=metrics_path)
     if cfg.save_model:
