@@ -13,8 +13,8 @@ import torch
 
 from llm.encoding import EncodedBatch, EncodedSequence, collate
 
-__all__ = ["SequenceLogps", "logps_from_logits", "sequence_logps", "encoded_logps", "response_statistics", "greedy_decode",
-           "STATISTICS"]
+__all__ = ["SequenceLogps", "logps_from_logits", "sequence_logps", "encoded_logps", "response_logits",
+           "response_statistics", "greedy_decode", "STATISTICS"]
 
 #: per-response statistics of ``response_statistics``; "argmax" is the TEACHER-FORCED argmax along the scored prefix.
 STATISTICS = ("logp_sum", "logp_mean", "argmax_logp_sum", "argmax_logp_mean", "entropy", "A_norm", "pi_minus_e_norm",
@@ -28,7 +28,8 @@ class SequenceLogps:
     Attributes:
         summed: (N,) sum over response tokens of log pi(y_l | x, y_<l).
         mean: (N,) the same averaged over response tokens (per-token mean).
-        token_logps: (N, L-1) per-token values, zero outside the response.
+        token_logps: (N, K-1) per-token values, zero outside the response; the columns are the last K of the
+            batch (``sequence_logps`` drops the prompt prefix shared by every row, K <= L).
         lengths: (N,) number of scored response tokens |y|.
     """
 
@@ -38,14 +39,21 @@ class SequenceLogps:
     lengths: torch.Tensor
 
 
-def _shifted(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor):
+def _scored(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor):
+    """Log-softmax (float32) at the scored positions only: prompts and padding never reach the softmax."""
     if logits.dim() != 3 or logits.shape[:2] != input_ids.shape or input_ids.shape != response_mask.shape:
         raise ValueError(f"expected logits (N, L, V) and input_ids / response_mask (N, L); got "
                          f"{tuple(logits.shape)}, {tuple(input_ids.shape)}, {tuple(response_mask.shape)}")
-    log_pi = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (N, L-1, V) predicts tokens 1..L-1
-    targets = input_ids[:, 1:]  # (N, L-1)
-    mask = response_mask[:, 1:].to(torch.float32)  # (N, L-1)
-    return log_pi, targets, mask
+    mask = response_mask[:, 1:].bool()  # (N, L-1): logits at l predict token l + 1
+    log_pi = torch.log_softmax(logits[:, :-1][mask].float(), dim=-1)  # (T, V), T scored tokens in the batch
+    targets = input_ids[:, 1:][mask]  # (T,)
+    owner = mask.nonzero()[:, 0]  # (T,) sequence of each scored token
+    return log_pi, targets, mask, owner
+
+
+def _per_sequence_sum(values: torch.Tensor, owner: torch.Tensor, n: int) -> torch.Tensor:
+    """Sum (T,) per-token values into (N,) per-sequence totals."""
+    return torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, owner, values)
 
 
 def logps_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> SequenceLogps:
@@ -59,11 +67,34 @@ def logps_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, response_ma
     Math: log pi(y | x) = sum_l log softmax(z_{l-1})[y_l] over response positions l (teacher forcing).
     References: PAPER.md section 6 (summed log-probs; per-token means avoid the length confound of section 7).
     """
-    log_pi, targets, mask = _shifted(logits, input_ids, response_mask)
-    token = log_pi.gather(-1, targets.unsqueeze(-1)).squeeze(-1) * mask  # (N, L-1)
-    lengths = mask.sum(dim=1)  # (N,)
+    log_pi, targets, mask, owner = _scored(logits, input_ids, response_mask)
+    values = log_pi.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (T,)
+    token = torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)  # (N, L-1)
+    lengths = mask.sum(dim=1).to(torch.float32)  # (N,)
     summed = token.sum(dim=1)
     return SequenceLogps(summed, summed / lengths.clamp_min(1.0), token, lengths)
+
+
+def response_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                    response_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run ``model`` and return logits only from the first position that predicts a response token.
+
+    The LM head is the costliest layer on long prompts; ``logits_to_keep`` (supported by the Hugging Face causal
+    LMs) skips it on the shared prompt prefix. Models without that argument get a full forward pass.
+
+    Returns:
+        logits (N, K, V) and the matching input_ids and response_mask columns (N, K), K <= L.
+    """
+    width = input_ids.shape[1]
+    starts = torch.where(response_mask.any(dim=1), response_mask.float().argmax(dim=1), width)  # (N,)
+    keep = width - max(int(starts.min()) - 1, 0)
+    try:
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                       logits_to_keep=keep).logits  # (N, K, V)
+    except TypeError:  # a model without logits_to_keep
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits  # (N, L, V)
+    cut = width - logits.shape[1]
+    return logits, input_ids[:, cut:], response_mask[:, cut:]
 
 
 def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -74,8 +105,7 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         model: a causal LM returning ``.logits`` of shape (N, L, V).
         input_ids, attention_mask, response_mask: (N, L).
     """
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits  # (N, L, V)
-    return logps_from_logits(logits, input_ids, response_mask)
+    return logps_from_logits(*response_logits(model, input_ids, attention_mask, response_mask))
 
 
 def response_statistics(logits: torch.Tensor, input_ids: torch.Tensor,
@@ -90,12 +120,12 @@ def response_statistics(logits: torch.Tensor, input_ids: torch.Tensor,
     Math: ||I - 1 pi^T||_F^2 = sum_i [(1 - pi_i)^2 + sum_{j != i} pi_j^2] = V - 2 + V ||pi||^2.
     References: PAPER.md section 6 (probes, the two "argmax"); NOTICE.md (A_o, p_e and energy of the paper's logs).
     """
-    log_pi, targets, mask = _shifted(logits, input_ids, response_mask)
-    vocab = log_pi.shape[-1]
-    pi = log_pi.exp()  # (N, L-1, V)
-    token_logp = log_pi.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (N, L-1)
+    log_pi, targets, mask, owner = _scored(logits, input_ids, response_mask)
+    n, vocab = mask.shape[0], log_pi.shape[-1]
+    pi = log_pi.exp()  # (T, V)
+    token_logp = log_pi.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (T,)
     pi_y = token_logp.exp()
-    sq = (pi * pi).sum(-1)  # (N, L-1) ||pi||^2
+    sq = (pi * pi).sum(-1)  # (T,) ||pi||^2
     per_token = {
         "argmax_logp": log_pi.max(dim=-1).values,
         "entropy": -(pi * log_pi).sum(-1),
@@ -103,16 +133,16 @@ def response_statistics(logits: torch.Tensor, input_ids: torch.Tensor,
         "pi_minus_e_norm": torch.sqrt((sq - 2 * pi_y + 1).clamp_min(0.0)),
         "energy": 1 - pi_y,
     }
-    lengths = mask.sum(1)
+    lengths = mask.sum(1).to(torch.float32)  # (N,)
     denom = lengths.clamp_min(1.0)
-    logp_sum = (token_logp * mask).sum(1)
-    argmax_sum = (per_token["argmax_logp"] * mask).sum(1)
+    logp_sum = _per_sequence_sum(token_logp, owner, n)
+    argmax_sum = _per_sequence_sum(per_token["argmax_logp"], owner, n)
     nan = torch.full_like(lengths, float("nan"))
     empty = lengths == 0
     out = {"logp_sum": logp_sum, "logp_mean": logp_sum / denom, "argmax_logp_sum": argmax_sum,
            "argmax_logp_mean": argmax_sum / denom}
     for name in ("entropy", "A_norm", "pi_minus_e_norm", "energy"):
-        out[name] = (per_token[name] * mask).sum(1) / denom
+        out[name] = _per_sequence_sum(per_token[name], owner, n) / denom
     out = {k: torch.where(empty, nan, v) for k, v in out.items()}
     out["num_tokens"] = lengths
     return {k: out[k] for k in STATISTICS}

@@ -16,7 +16,7 @@ import torch
 
 from llm.data import ProbeSet
 from llm.encoding import EncodedSequence, TruncationPolicy, collate, encode_sequence, truncation_report
-from llm.logps import STATISTICS, greedy_decode, response_statistics
+from llm.logps import STATISTICS, greedy_decode, response_logits, response_statistics
 
 __all__ = ["ProbeResult", "ProbeEvaluator", "evaluate_sequential", "GREEDY_PROBE", "ARGMAX_PROBE",
            "RESPONSE_STATISTICS"]
@@ -128,9 +128,8 @@ class ProbeEvaluator:
                 for start in range(0, len(self.order), self.batch_size):
                     chunk = [self.items[k] for k in self.order[start: start + self.batch_size]]
                     batch = collate([s for _, _, s in chunk], self.pad_token_id).to(device)
-                    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                    stats = {k: v.double().cpu().numpy()
-                             for k, v in response_statistics(logits, batch.input_ids, batch.response_mask).items()}
+                    scored = response_logits(model, batch.input_ids, batch.attention_mask, batch.response_mask)
+                    stats = {k: v.double().cpu().numpy() for k, v in response_statistics(*scored).items()}
                     for row, (probe, i, _) in enumerate(chunk):
                         _store(out, probe, i, stats, row)
                 if self.greedy_max_new_tokens > 0:
@@ -174,7 +173,7 @@ def evaluate_sequential(model, probe_set: ProbeSet, tokenizer, policy: Truncatio
             resp = torch.zeros_like(ids)
             resp[0, len(seq.prompt_ids):] = 1
             stats = {k: v.double().cpu().numpy() for k, v in
-                     response_statistics(model(input_ids=ids).logits, ids, resp).items()}
+                     response_statistics(*response_logits(model, ids, None, resp)).items()}
             _store(out, probe, i, stats, 0)
     model.train(was_training)
     return ProbeResult(out)

@@ -142,3 +142,15 @@ def test_bad_configs_are_refused():
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="--resume needs --out-dir"):
         TrainConfig(resume=True)
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_dpo_on_cuda(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    result = train(_cfg(tmp_path, loss="dpo", device="cuda", bf16=True, epochs=3, eval_every=12))
+    rows = _train_rows(result.run_dir)
+    assert rows[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # same autocast for reference and policy
+    assert rows[-1]["rewards/margins"] > 0.2
+    assert next(result.model.parameters()).device.type == "cuda"
+    assert all(math.isfinite(v) for v in _probe(result.run_dir, "chosen"))

@@ -1,0 +1,61 @@
+"""Benchmark the probe-evaluation overhead of a training run that evaluates every 1000 examples (the paper's
+schedule): share of wall time spent in probe evaluation, from the run's own summary.json. Prints one JSON object.
+
+Trains DPO (precomputed reference) on synthetic pairs, with probes derived from the first training pairs (6 probe
+types + the teacher-forced argmax). The run directory goes to a temporary folder.
+
+    python benchmarks/bench_probe_overhead.py [--examples 4000] [--num-probes 500] [--device auto]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from llm.config import TrainConfig
+from llm.training import train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--examples", type=int, default=4000)
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--num-probes", type=int, default=500)
+    parser.add_argument("--probe-batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--loss", default="dpo")
+    parser.add_argument("--model", default="tiny-gpt2")
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = TrainConfig(loss=args.loss, model=args.model, tiny_hidden=args.hidden, tiny_layers=args.layers,
+                          num_synthetic=args.num_probes + 100, held_out=50, num_probes=args.num_probes,
+                          batch_size=args.batch_size, epochs=10_000, max_examples=args.examples,
+                          eval_every=args.eval_every, probe_batch_size=args.probe_batch_size,
+                          max_prompt_tokens=64, max_response_tokens=64, device=args.device, progress=False,
+                          save_model=False, out_dir=str(Path(tmp) / "run"))
+        result = train(cfg)
+        s = result.summary
+    evals = 1 + -(-args.examples // args.eval_every)
+    print(json.dumps({
+        "benchmark": "probe_overhead", "loss": args.loss, "examples": s["examples_seen"], "steps": s["step"],
+        "eval_every": args.eval_every, "evaluations": evals, "num_probes": args.num_probes,
+        "probe_sequences_per_eval": s["truncation_probes"]["num_sequences"],
+        "model": f"{args.model} hidden {args.hidden} x {args.layers} layers",
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else "cpu",
+        "train_seconds": round(s["train_seconds"], 2), "probe_seconds": round(s["probe_seconds"], 2),
+        "probe_seconds_per_evaluation": round(s["probe_seconds"] / evals, 3),
+        "probe_share": round(s["probe_share"], 4),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()
