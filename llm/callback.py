@@ -10,8 +10,9 @@ LLM page and ``llm.runs`` read these runs like the engine's own:
 - ``metrics.jsonl``: tidy probe rows ``{step, examples_seen, phase, probe, statistic, value, count}`` and the
   Trainer's own logs as TRL-named training rows ``{step, examples_seen, phase, loss, rewards/margins, ...}``.
 
-Only the main process (``state.is_world_process_zero``) evaluates and writes; under DDP the other ranks wait at the
-next gradient all-reduce. The probes see the model as the Trainer runs it: under ``bf16=True`` (TRL's default)
+Only the main process (``state.is_world_process_zero``) writes. It alone evaluates under DDP (the other ranks wait
+at the next gradient all-reduce); under FSDP every rank runs the probe forward passes, since each one all-gathers
+the sharded weights. The probes see the model as the Trainer runs it: under ``bf16=True`` (TRL's default)
 accelerate wraps its forward in autocast, so the probe values carry that precision. A run resumed with ``trainer.train(resume_from_checkpoint=...)`` continues its own
 directory: rows written after the checkpoint are dropped, none are duplicated.
 """
@@ -23,14 +24,22 @@ import os
 from pathlib import Path
 from typing import Any
 
+from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
 from transformers import TrainerCallback
 
 from llm.probes import ProbeEvaluator
 from toykit.runs import MetricsWriter, create_run_dir, json_safe, read_metrics, write_json
 
-__all__ = ["ProbeCallback", "examples_per_step"]
+__all__ = ["ProbeCallback", "examples_per_step", "is_sharded"]
+
+_SHARDED = (FSDPModule, FullyShardedDataParallel)  # FSDP2 (fully_shard) and FSDP1 wrappers
 
 _NOT_LOGGED = ("total_flos",)  # Trainer log keys that are not training curves
+
+
+def is_sharded(model) -> bool:
+    """Return True when ``model`` (or a submodule) is FSDP-sharded, so a forward pass needs every rank."""
+    return any(isinstance(m, _SHARDED) for m in model.modules())
 
 
 def examples_per_step(args) -> int:
@@ -82,11 +91,13 @@ class ProbeCallback(TrainerCallback):
         """Create the run directory, or continue it when the Trainer resumed from step ``resumed_step`` > 0."""
         metrics = self.out_dir / "metrics.jsonl"
         if resumed_step > 0 and (self.out_dir / "config.json").exists():
-            kept = [r for r in read_metrics(metrics) if r["step"] <= resumed_step] if metrics.exists() else []
+            # Rows after the checkpoint belong to the lost future; the probes of the checkpoint's own step are
+            # evaluated again (same weights, same values) so that every rank takes the same decisions under FSDP.
+            kept = [r for r in read_metrics(metrics) if r["step"] < resumed_step
+                    or (r["step"] == resumed_step and "probe" not in r)] if metrics.exists() else []
             tmp = metrics.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(json.dumps(json_safe(r)) + "\n" for r in kept))
-            os.replace(tmp, metrics)  # rows written after the checkpoint belong to the lost future: drop them
-            self._evaluated = {r["step"] for r in kept if "probe" in r}
+            os.replace(tmp, metrics)
         else:
             create_run_dir(self._config(args), name=self.phase, out_dir=self.out_dir,
                            env_extra={"world_size": int(args.world_size)})
@@ -96,21 +107,23 @@ class ProbeCallback(TrainerCallback):
     # Evaluation.
 
     def _evaluate(self, args, state, model) -> None:
+        """Evaluate on the main process; on every process when the model is sharded (its forward all-gathers)."""
         step = int(state.global_step)
-        if step in self._evaluated:
+        if step in self._evaluated or not (state.is_world_process_zero or is_sharded(model)):
             return
         result = self.evaluator(model)
-        self._writer.write_many(result.rows(step, step * examples_per_step(args), self.phase))
         self._evaluated.add(step)
+        if state.is_world_process_zero:
+            self._writer.write_many(result.rows(step, step * examples_per_step(args), self.phase))
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        if not state.is_world_process_zero:
-            return
-        self._open(args, int(state.global_step))
+        self._evaluated = set()
+        if state.is_world_process_zero:
+            self._open(args, int(state.global_step))
         self._evaluate(args, state, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.is_world_process_zero and self.eval_every_steps and state.global_step % self.eval_every_steps == 0:
+        if self.eval_every_steps and state.global_step % self.eval_every_steps == 0:
             self._evaluate(args, state, model)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -124,9 +137,9 @@ class ProbeCallback(TrainerCallback):
                                 **values})
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        self._evaluate(args, state, model)
         if not state.is_world_process_zero or self._writer is None:
             return
-        self._evaluate(args, state, model)
         self._writer.close()
         self._writer = None
         write_json(self.out_dir / "summary.json", {"final_step": int(state.global_step),

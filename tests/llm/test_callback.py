@@ -1,7 +1,11 @@
-"""llm.callback: ProbeCallback inside a transformers Trainer (and TRL's DPOTrainer when TRL is installed)."""
+"""llm.callback: ProbeCallback inside a transformers Trainer, TRL's DPOTrainer (when installed) and an FSDP model."""
 
 import copy
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -171,3 +175,49 @@ def test_trl_dpo_trainer_with_probe_callback(tmp_path, gpt2, tokenizer, pairs, p
     assert {"loss", "rewards/margins", "rewards/chosen"} <= {k for r in rows for k in r}
     first = next(r for r in rows if "loss" in r)
     assert first["loss"] == pytest.approx(np.log(2.0), abs=1e-4)  # DPO at step 1 with reference = policy
+
+
+_FSDP_WORKER = """
+import sys, types
+import torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from transformers import AutoModelForCausalLM, TrainerControl, TrainerState
+from llm.callback import ProbeCallback, is_sharded
+from llm.data import probe_set_from_pairs, synthetic_pairs
+from llm.encoding import TruncationPolicy
+from llm.probes import ProbeEvaluator
+from llm.tokenization import load_tokenizer
+
+dist.init_process_group("gloo")
+src, out = sys.argv[1], sys.argv[2]
+model = AutoModelForCausalLM.from_pretrained(src)
+for block in model.transformer.h:
+    fully_shard(block)
+fully_shard(model)
+assert is_sharded(model)
+evaluator = ProbeEvaluator(probe_set_from_pairs(synthetic_pairs(24, seed=3)[:4], seed=0), load_tokenizer(src),
+                           TruncationPolicy(64, 32), batch_size=8)
+args = types.SimpleNamespace(per_device_train_batch_size=2, gradient_accumulation_steps=1,
+                             world_size=dist.get_world_size(), to_dict=lambda: {"fsdp": "full_shard"})
+state = TrainerState(is_world_process_zero=dist.get_rank() == 0)
+callback = ProbeCallback(evaluator, out, phase="fsdp")
+callback.on_train_begin(args, state, TrainerControl(), model=model)
+callback.on_train_end(args, state, TrainerControl(), model=model)
+dist.destroy_process_group()
+"""
+
+
+def test_fsdp_sharded_model_is_evaluated_on_every_rank(tmp_path, gpt2, tokenizer, pairs, policy):
+    gpt2.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    (tmp_path / "worker.py").write_text(_FSDP_WORKER)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(tmp_path / "worker.py"), str(tmp_path / "model"), str(tmp_path / "run")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.run(cmd, cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True,
+                          timeout=180)  # a rank skipping the probes' all-gathers would hang here
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert {r["step"] for r in rows} == {0}  # written once, by rank 0
+    evaluator = ProbeEvaluator(probe_set_from_pairs(pairs[:4], seed=0), tokenizer, policy, batch_size=8)
+    _assert_rows_equal_direct(rows, 0, evaluator, gpt2)
