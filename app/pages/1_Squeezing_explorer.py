@@ -16,6 +16,7 @@ st.markdown(
     "label pushed down) almost every label falls except y*."
 )
 
+DEFAULTS = squeeze_explorer.Config()
 LABEL_CHOICES = ["valley", "peak", "index", "none"]
 LABEL_HELP = "valley = the least likely label, peak = the most likely, index = a label you type, none = no step"
 
@@ -38,17 +39,17 @@ def _label_widget(title: str, default: str, key: str) -> str:
 
 
 with st.sidebar:
-    num_classes = st.slider("Vocabulary size V", 2, 200, 50, key="num_classes")
+    num_classes = st.slider("Vocabulary size V", 2, 200, DEFAULTS.num_classes, key="num_classes")
     start = st.radio("Start distribution", squeeze_explorer.STARTS, key="start",
                      help="temperature: Softmax(g / T), g ~ N(0, I); uniform: 1/V; peaky: the paper notebook's "
                           "peaky pi (one GD step toward a multi-hot target)")
-    temperature = st.slider("Temperature T (small = peaky)", 0.05, 5.0, 0.5, 0.05, key="temperature",
+    temperature = st.slider("Temperature T (small = peaky)", 0.05, 5.0, DEFAULTS.temperature, 0.05, key="temperature",
                             disabled=start != "temperature")
-    negative = _label_widget("Negative gradient on ybar", "valley", "negative")
-    positive = _label_widget("Positive gradient on y+", "none", "positive")
-    eta = st.slider("Step size c = eta ||x||^2", 0.05, 5.0, 1.0, 0.05, key="eta")
-    steps = st.slider("Number of steps", 1, 50, 1, key="steps")
-    seed = st.number_input("Seed", min_value=0, value=0, step=1, key="seed")
+    negative = _label_widget("Negative gradient on ybar", DEFAULTS.negative, "negative")
+    positive = _label_widget("Positive gradient on y+", DEFAULTS.positive, "positive")
+    eta = st.slider("Step size c = eta ||x||^2", 0.05, 5.0, DEFAULTS.eta, 0.05, key="eta")
+    steps = st.slider("Number of steps", 1, 50, DEFAULTS.steps, key="steps")
+    seed = st.number_input("Seed", min_value=0, value=DEFAULTS.seed, step=1, key="seed")
 
 try:
     summary, claims, table, trajectory = _run(num_classes, start, temperature, negative, positive, eta, steps,

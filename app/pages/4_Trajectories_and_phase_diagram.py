@@ -19,7 +19,9 @@ st.markdown(
 )
 
 ALGORITHMS = ["sft", "dpo", "ipo", "dpop", "rpo", "simpo", "slic", "dpo@on_policy"]
-ETAS = [0.1, 0.3, 1.0]
+DEFAULTS = trajectories.Config()
+ETAS = sorted({0.1, 0.3, 1.0, DEFAULTS.eta})
+STEPS = 100  # the page opens at 100 SGD steps (seconds on a CPU); the experiments' defaults run longer
 
 
 def _png(fig) -> bytes:
@@ -51,10 +53,10 @@ def _claims_table(claims) -> pd.DataFrame:
 
 with st.sidebar:
     st.header("Shared settings")
-    steps = st.slider("SGD steps T", 20, 300, 100, 10, key="steps")
-    eta = st.select_slider("Learning rate eta", ETAS, value=0.3, key="eta")
-    rho = st.slider("Coupling rho of x+ and x- (K = rho I)", 0.0, 1.0, 0.9, 0.05, key="rho")
-    seed = st.number_input("Seed (on-policy draws)", min_value=0, value=0, step=1, key="seed")
+    steps = st.slider("SGD steps T", 20, 300, STEPS, 10, key="steps")
+    eta = st.select_slider("Learning rate eta", ETAS, value=DEFAULTS.eta, key="eta")
+    rho = st.slider("Coupling rho of x+ and x- (K = rho I)", 0.0, 1.0, DEFAULTS.rho, 0.05, key="rho")
+    seed = st.number_input("Seed (on-policy draws)", min_value=0, value=DEFAULTS.seed, step=1, key="seed")
 
 traj_tab, phase_tab = st.tabs(["Trajectories", "Phase diagram"])
 with traj_tab:

@@ -17,8 +17,9 @@ st.markdown(
     "prediction matches the measurement."
 )
 
-STEPS = [30, 60, 100, 200, 300]
-ETAS = [0.03, 0.1, 0.3]
+DEFAULTS = digits_influence.Config()
+STEPS = [30, 60, 100, 200, 300]  # the page opens at 60 steps (seconds on a CPU); the experiment's default is longer
+ETAS = sorted({0.03, 0.1, 0.3, DEFAULTS.eta})
 
 
 def _png(fig) -> bytes:
@@ -39,9 +40,9 @@ with st.sidebar:
     model = st.radio("Model", digits_influence.MODEL_KINDS, key="model",
                      help="mlp: one hidden layer; convnet: a small LeNet-like net")
     steps = st.select_slider("SGD steps (one image each)", STEPS, value=60, key="steps")
-    eta = st.select_slider("Learning rate eta", ETAS, value=0.1, key="eta")
-    num_train = st.slider("Training images", 100, 1000, 400, 50, key="num_train")
-    seed = st.number_input("Seed", min_value=0, value=0, step=1, key="seed")
+    eta = st.select_slider("Learning rate eta", ETAS, value=DEFAULTS.eta, key="eta")
+    num_train = st.slider("Training images", 50, 1000, DEFAULTS.num_train, 50, key="num_train")
+    seed = st.number_input("Seed", min_value=0, value=DEFAULTS.seed, step=1, key="seed")
     data_dir = st.text_input("MNIST IDX folder (empty: scikit-learn's 8x8 digits)", value="", key="data_dir",
                              help="A local folder with the standard MNIST IDX files; nothing is downloaded.")
 

@@ -26,7 +26,8 @@ def test_defaults_show_trajectories_and_the_phase_diagram():
     assert row["delta_pi_argmax_at_rejected_ctx"] == expected["peaky/valley/dpo"]["delta_pi_argmax_at_rejected_ctx"]
     per_alg = _table(at, "algorithm")
     assert per_alg["algorithm"].tolist() == ["dpo", "dpop"]
-    grid = phase_diagram.run(phase_diagram.Config(algorithms=("dpo", "dpop"), steps=100, etas=(0.3,),
+    eta = trajectories.Config().eta
+    grid = phase_diagram.run(phase_diagram.Config(algorithms=("dpo", "dpop"), steps=100, etas=(eta,),
                                                   vocab_sizes=(50,))).summary["per_algorithm"]
     assert per_alg["fell_fraction"].tolist() == [grid["dpo"]["fell_fraction"], grid["dpop"]["fell_fraction"]]
 
