@@ -13,8 +13,9 @@ LLM page and ``llm.runs`` read these runs like the engine's own:
 Only the main process (``state.is_world_process_zero``) writes. It alone evaluates under DDP (the other ranks wait
 at the next gradient all-reduce); under FSDP every rank runs the probe forward passes, since each one all-gathers
 the sharded weights. The probes see the model as the Trainer runs it: under ``bf16=True`` (TRL's default)
-accelerate wraps its forward in autocast, so the probe values carry that precision. A run resumed with ``trainer.train(resume_from_checkpoint=...)`` continues its own
-directory: rows written after the checkpoint are dropped, none are duplicated.
+accelerate wraps its forward in autocast, so the probe values carry that precision. A run resumed with
+``trainer.train(resume_from_checkpoint=...)`` continues its own directory: rows written after the checkpoint are
+dropped and the checkpoint's step is evaluated again, so none are duplicated.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ process would, and takes the same optimizer step. Rank 0 alone creates the run d
 writes metrics, arrays, checkpoints and the model; the training row's loss and rewards are means over the gathered
 global batch. The metrics equal a single-process run with the same global batch up to float summation order.
 
-Backends: gloo on CPU, nccl on GPU (each rank on ``cuda:LOCAL_RANK``). Not covered: FSDP (a model too big for one
-device; see the README's "Multi-GPU" section) and stochastic layers (dropout masks then differ from one process).
+Backends: gloo on CPU, nccl on GPU (each rank on ``cuda:LOCAL_RANK``). Not covered here: stochastic layers (dropout
+masks then differ from one process) and models too big for one device, which this loop does not shard; for those,
+train with the transformers Trainer or TRL under accelerate's FSDP and attach ``llm.callback.ProbeCallback`` (it
+runs the probe forwards on every rank of a sharded model); see the README's "Multi-GPU" section.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ _BUCKET_BYTES = 32 * 2**20  # gradients are summed in flat buckets of about this
 
 
 def shard_indices(indices: Sequence[int], rank: int, world_size: int) -> list[int]:
-    """Return rank ``rank``'s contiguous shard of ``indices`` (sizes differ by at most one; trailing shards may be empty).
+    """Return rank ``rank``'s contiguous shard of ``indices``; sizes differ by at most one, late shards may be empty.
 
     Concatenating the shards of ranks 0..world_size-1 gives ``indices`` back in order, so gathered per-example
     values line up with the single-process batch.

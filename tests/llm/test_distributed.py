@@ -62,7 +62,8 @@ def test_two_process_torchrun_equals_one_process(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"run directory: {tmp_path / 'ddp'}" in proc.stdout
 
-    rows_1, rows_2 = read_metrics(tmp_path / "single" / "metrics.jsonl"), read_metrics(tmp_path / "ddp" / "metrics.jsonl")
+    rows_1 = read_metrics(tmp_path / "single" / "metrics.jsonl")
+    rows_2 = read_metrics(tmp_path / "ddp" / "metrics.jsonl")
     assert [sorted(r) for r in rows_1] == [sorted(r) for r in rows_2]  # same rows in the same order, none duplicated
     assert [r["step"] for r in rows_2 if r.get("probe") == "chosen" and r["statistic"] == "logp_sum"] == [0, 1, 2, 3, 4]
     assert [r["examples_seen"] for r in rows_2 if "loss" in r] == [6, 12, 18, 20]
