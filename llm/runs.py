@@ -212,7 +212,7 @@ def read_claims(run_dir: str | Path) -> pd.DataFrame:
     """Read a validation run's ``claims.json`` into a table: one row per claim.
 
     Accepts a list of claim objects or ``{"claims": [...]}``; the columns are the union of the claims' keys, with
-    ``name`` first and a boolean ``passed`` (from ``passed``/``holds``/``pass``).
+    ``name`` first and ``passed`` (from ``passed``/``holds``/``pass``): True, False, or None when not measured.
 
     Raises:
         ValueError: the run has no ``claims.json``, or it is malformed (the file is named).
@@ -233,7 +233,9 @@ def read_claims(run_dir: str | Path) -> pd.DataFrame:
     table = pd.DataFrame(claims)
     for flag in ("passed", "holds", "pass"):
         if flag in table.columns:
-            table["passed"] = table.pop(flag).astype(bool)
+            verdicts = table.pop(flag)  # None / NaN = not measured, kept apart from a failure
+            table["passed"] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else bool(v)
+                               for v in verdicts]
             break
     if "name" not in table.columns:
         for alt in ("claim", "id", "key"):
@@ -332,8 +334,8 @@ def curve_summary(curves: pd.DataFrame) -> pd.DataFrame:
 
 
 def claims_score(claims: pd.DataFrame) -> tuple[int, int]:
-    """Return (claims that held, claims with a verdict) for a table from :func:`read_claims`."""
+    """Return (claims that held, claims with a verdict) for a table from :func:`read_claims`; None = no verdict."""
     if "passed" not in claims.columns:
         return 0, 0
-    verdicts = claims["passed"].dropna()
-    return int(verdicts.astype(bool).sum()), int(len(verdicts))
+    verdicts = [v for v in claims["passed"] if v is not None]
+    return sum(v is True for v in verdicts), len(verdicts)

@@ -139,6 +139,17 @@ def test_claims_in_several_layouts(tmp_path, claims):
     assert runs.claims_score(table) == (1, 2)
 
 
+def test_unmeasured_claims_are_not_failures(tmp_path):
+    # The validation pipeline's layout: totals next to the claims; passed None = not measured.
+    doc = {"held": 1, "total": 2, "preset": "cpu", "claims": [
+        {"name": "sft/y+ up", "claim": "y+ rises", "passed": True, "verdict": "holds"},
+        {"name": "dpo/y+ down", "claim": "y+ falls", "passed": False, "verdict": "fails"},
+        {"name": "win rate", "claim": "extend wins", "passed": None, "verdict": "not measured"}]}
+    table = runs.read_claims(_write_run(tmp_path / "v", _probe_rows("sft", {"chosen": [0.0]}), claims=doc))
+    assert table["passed"].tolist() == [True, False, None]
+    assert runs.claims_score(table) == (1, 2)
+
+
 def test_bad_claims_are_refused(tmp_path):
     run_dir = _write_run(tmp_path / "v", _probe_rows("sft", {"chosen": [0.0]}))
     with pytest.raises(ValueError, match="not a validation run"):
