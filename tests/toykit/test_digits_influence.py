@@ -127,3 +127,13 @@ def test_same_seed_gives_identical_metrics(tmp_path):
 def test_bad_configs_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Config(**kwargs)
+
+
+def test_prediction_error_shrinks_with_eta():
+    # The remainder of Proposition 1 is O(eta^2) against an O(eta) signal: a 5x smaller step must bring the
+    # per-step correlation closer to 1 (a bug in A, K or G would leave an eta-independent error).
+    small_cfg = dict(models=("mlp",), num_train=30, probes_per_class=2, steps=15, hidden=16, dtype="float64")
+    coarse = run(Config(eta=0.2, **small_cfg)).influence["mlp"].step_pearson
+    fine = run(Config(eta=0.04, **small_cfg)).influence["mlp"].step_pearson
+    assert np.median(1 - fine) < 0.5 * np.median(1 - coarse)
+    assert np.median(fine) > 0.99
