@@ -37,7 +37,6 @@ PROBE_TYPES: dict[str, tuple[str, str]] = {
 }
 #: probe types that can be built from pairs alone (irr_test / random_nonhum need held-out pairs).
 DERIVED_PROBE_TYPES = ("irr_train", "irr_test", "random_permute", "random_nonhum")
-_UNTRACKED = ("chosen_selfr",)
 
 
 @dataclasses.dataclass(frozen=True)
