@@ -12,6 +12,11 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
+
+# The test models are tiny: on 2 shared cores, thread hand-offs cost more than they save (measured 4-40x slower
+# with 2 threads while other work ran). Benchmarks and real runs keep torch's default.
+torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
