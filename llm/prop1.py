@@ -169,7 +169,7 @@ def predicted_change(model: torch.nn.Module, params: dict[str, torch.Tensor], ob
     for part in _chunks(observed, chunk_size):
         _, tangent = jvp(lambda p: summed_logps(model, p, part), (params,), (gradient,))
         out.append(tangent)
-    return -eta * torch.cat(out)
+    return -eta * torch.cat(out).cpu()
 
 
 def measured_change(model: torch.nn.Module, params: dict[str, torch.Tensor], observed: EncodedBatch,
@@ -179,7 +179,7 @@ def measured_change(model: torch.nn.Module, params: dict[str, torch.Tensor], obs
     with torch.no_grad():
         before = torch.cat([summed_logps(model, params, c) for c in _chunks(observed, chunk_size)])
         after = torch.cat([summed_logps(model, stepped, c) for c in _chunks(observed, chunk_size)])
-    return after - before
+    return (after - before).cpu()
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -207,14 +207,16 @@ def run_prop1(model: torch.nn.Module, tokenizer, pairs: Sequence[dict[str, str]]
     spec = get_loss(cfg.loss)
     work = copy.deepcopy(model).to(getattr(torch, cfg.dtype)).eval()
     params = {n: p.detach().clone() for n, p in work.named_parameters()}
+    device = next(work.parameters()).device
     observed, kinds = observed_batch(tokenizer, probes, probe_types, policy)
+    observed = observed.to(device)
     hparams = {"beta": cfg.beta} if "beta" in spec.defaults else {}
 
     def encoded(pair: dict[str, str]) -> tuple[EncodedBatch, EncodedBatch | None]:
         c = collate([encode_sequence(tokenizer, pair["prompt"], pair["chosen"], policy)], tokenizer.pad_token_id)
         r = collate([encode_sequence(tokenizer, pair["prompt"], pair["rejected"], policy)],
                     tokenizer.pad_token_id) if spec.paired else None
-        return c, r
+        return c.to(device), None if r is None else r.to(device)
 
     # Reference log-probs of the initial model, computed once (they never change).
     refs = []

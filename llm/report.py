@@ -188,23 +188,28 @@ def evaluate_claims(seeds: Sequence[SeedResult], claims: Sequence[ClaimSpec] = C
                 values.append(float("nan"))
         arr = np.asarray(values, dtype=np.float64)
         holding = sum(spec.holds(v) for v in values)
-        verdict = "holds" if holding == len(seeds) else ("fails" if holding == 0 else "mixed")
         finite = arr[np.isfinite(arr)]
+        measured = finite.size > 0
+        verdict = ("not measured" if not measured else "holds" if holding == len(seeds)
+                   else "fails" if holding == 0 else "mixed")
         out.append({"name": spec.name, "group": spec.group, "claim": spec.claim, "measure": spec.measure,
                     "rule": spec.rule, "values": values, "seeds": [r.seed for r in seeds],
                     "mean": float(finite.mean()) if finite.size else None,
                     "std": float(finite.std()) if finite.size else None,
                     "min": float(finite.min()) if finite.size else None,
                     "max": float(finite.max()) if finite.size else None,
-                    "seeds_holding": int(holding), "n_seeds": len(seeds), "passed": holding == len(seeds),
+                    "seeds_holding": int(holding), "n_seeds": len(seeds),
+                    "passed": holding == len(seeds) if measured else None,
                     "verdict": verdict, "caveat": spec.caveat})
     return out
 
 
 def claims_document(scored: list[dict[str, Any]], context: dict[str, Any]) -> dict[str, Any]:
     """Return the claims.json object: the pass rule, the run context and the scored claims."""
-    return {"rule": "a claim passes when its rule holds in every seed; 'mixed' = some seeds; 'fails' = none",
-            "held": sum(c["passed"] for c in scored), "total": len(scored), **context, "claims": scored}
+    return {"rule": "a claim passes when its rule holds in every seed; 'mixed' = some seeds; 'fails' = none; "
+                    "'not measured' = no value (excluded from the total)",
+            "held": sum(c["passed"] is True for c in scored),
+            "total": sum(c["passed"] is not None for c in scored), **context, "claims": scored}
 
 
 def _mean_curves(seeds: Sequence[SeedResult], phase: str, probe: str, statistic: str = "logp_sum"):
@@ -276,7 +281,8 @@ def report_markdown(doc: dict[str, Any], seeds: Sequence[SeedResult], figures: d
         vals = ", ".join(_fmt(v) for v in c["values"])
         lines.append(f"| `{c['name']}` | {c['group']} | {c['claim']} | {c['measure']} | {c['rule']} | {vals} | "
                      f"{_fmt(c['mean'])} | **{c['verdict']}** ({c['seeds_holding']}/{c['n_seeds']}) |")
-    failing = [c for c in claims if not c["passed"]]
+    failing = [c for c in claims if c["passed"] is False]
+    unmeasured = [c["name"] for c in claims if c["passed"] is None]
     lines += ["", "## Claims that do not hold in every seed", ""]
     if not failing:
         lines.append("None.")
@@ -284,6 +290,8 @@ def report_markdown(doc: dict[str, Any], seeds: Sequence[SeedResult], figures: d
         lines.append(f"- `{c['name']}` ({c['verdict']}, {c['seeds_holding']}/{c['n_seeds']} seeds): the paper says "
                      f"{c['claim']}; measured {c['measure']} = {', '.join(_fmt(v) for v in c['values'])} "
                      f"(rule: {c['rule']})." + (f" Known caveat: {c['caveat']}." if c["caveat"] else ""))
+    if unmeasured:
+        lines += ["", f"Not measured in this run (no synthetic judge or phase skipped): {', '.join(unmeasured)}."]
     lines += ["", "## Proposition 1 on the language model", "",
               "| seed | loss | eta | r (predicted vs measured) | relative error | slope of remainder vs eta |",
               "|---|---|---|---|---|---|"]

@@ -1,0 +1,413 @@
+"""Validation of the paper's predictions on real language models, end to end: ``python -m llm validate``.
+
+Per seed: build the synthetic world (``llm.world``), pretrain a small transformer from scratch on its corpus, then
+run the paper's story with the engine's ``train``: SFT on y+ (baseline) and "extend" SFT on y+ and y-; off-policy DPO
+from each; on-policy DPO from the SFT model on pairs sampled from it and ranked by the world's judge. Probes are
+evaluated throughout. Then the judge's win rate of extend+DPO vs baseline+DPO on held-out prompts, and Proposition 1
+(one-step prediction vs real step) on the SFT model. The claims scoreboard (``llm.report``) scores every claim of
+PAPER.md section 5 with the rules written there, and the run directory gets claims.json, report.md and figures.
+
+With ``--model DIR --data FILE`` the finetuning part runs on a user's pretrained model and preference pairs instead;
+claims that need the synthetic judge (on-policy DPO, win rate) are then reported as not measured.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import numpy as np
+import torch
+
+from llm.config import TrainConfig
+from llm.data import PreferencePair, ProbeSet, load_pairs, load_probe_set, probe_set_from_pairs
+from llm.encoding import EncodedSequence
+from llm.judge import Judge
+from llm.logps import greedy_decode
+from llm.models import load_model, resolve_device, tiny_model
+from llm.prop1 import Prop1Config, plot_prop1, run_prop1, save_prop1
+from llm.report import (CLAIMS, SeedResult, claims_document, evaluate_claims, plot_baseline_vs_extend,
+                        plot_probe_curves, report_markdown)
+from llm.runs import read_run_metrics
+from llm.tokenization import build_word_tokenizer, load_tokenizer
+from llm.training import train
+from llm.world import PROBE_KEYS, World, WorldConfig, build_world, save_world
+from toykit.configs import config_to_dict, parse_config
+from toykit.runs import MetricsWriter, create_run_dir, write_json
+
+__all__ = ["Preset", "PRESETS", "ValidateConfig", "pretrain", "sample_responses", "greedy_responses",
+           "onpolicy_pairs", "run_seed", "run_validation", "main"]
+
+_PROBE_STATS = ("logp_sum", "logp_mean")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Sizes of one validation preset: world, model, pretraining and finetuning schedules, probes, Prop. 1."""
+
+    world: WorldConfig
+    arch: str = "gpt2"
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    pretrain_epochs: int = 40
+    pretrain_lr: float = 3e-3
+    pretrain_batch: int = 32
+    optimizer: str = "adamw"
+    sft_lr: float = 5e-4
+    sft_epochs: int = 3
+    dpo_lr: float = 5e-4
+    dpo_epochs: int = 6
+    beta: float = 0.1
+    batch_size: int = 8
+    eval_every: int = 60
+    greedy_max_new_tokens: int = 24
+    onpolicy_samples: int = 4
+    temperature: float = 1.0
+    prop1_probes: int = 12
+    prop1_steps: int = 3
+    prop1_target_change: float = 0.05
+    dtype: str = "float32"
+    bf16: bool = False
+
+
+PRESETS: dict[str, Preset] = {
+    # The reduced pipeline of the test suite: every phase, two tiny seeds, well under a minute.
+    "test": Preset(WorldConfig(n_entities=8, n_probes=6, docs_per_entity=2, n_unrelated=40), hidden=32,
+                   pretrain_epochs=6, sft_epochs=2, dpo_epochs=2, eval_every=15, greedy_max_new_tokens=12,
+                   onpolicy_samples=2, prop1_probes=2, prop1_steps=1),
+    # Three seeds in under 10 minutes on 2 CPU cores.
+    "cpu": Preset(WorldConfig()),
+    # The same pipeline sized for ~8 minutes per command on one H200: a ~50M-parameter model, a larger world, bf16.
+    "gpu": Preset(WorldConfig(n_entities=200, n_probes=256, docs_per_entity=8, n_unrelated=4000),
+                  arch="llama", hidden=768, layers=10, heads=12, pretrain_epochs=30, pretrain_lr=1e-3,
+                  pretrain_batch=64, sft_lr=1e-4, dpo_lr=1e-4, batch_size=16, eval_every=400, prop1_probes=32,
+                  bf16=True),
+}
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """Validate the paper's claims end to end (pretrain -> SFT / extend -> DPO / on-policy DPO) over seeds."""
+
+    preset: Literal["test", "cpu", "gpu"] = field(default="cpu", metadata={
+        "help": "sizes: test (seconds), cpu (< 10 min on 2 cores), gpu (~50M parameters, bf16)"})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds (world, init, data order); >= 1"})
+    model: str = field(default="", metadata={
+        "help": "a pretrained causal LM directory: skip the world and pretraining, finetune it on --data"})
+    data: str = field(default="", metadata={"help": "preference pairs JSONL (with --model)"})
+    probes: str = field(default="", metadata={"help": "probe file in the paper's format (with --model); "
+                                                      "default: probes derived from the pairs"})
+    held_out: int = field(default=64, metadata={"help": "last pairs of --data held out (y_test probes)"})
+    num_probes: int = field(default=64, metadata={"help": "probe prompts with --model"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
+    out_dir: str | None = field(default=None, metadata={"help": "run directory; default runs/<time>-validate"})
+    runs_root: str = field(default="runs", metadata={"help": "parent of the default run directory"})
+    progress: bool = field(default=False, metadata={"help": "progress bars of the training phases"})
+    threads: int = field(default=1, metadata={
+        "help": "torch CPU threads during the run (tiny models are fastest on one; 0 keeps torch's setting)"})
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        if bool(self.model) != bool(self.data):
+            raise ValueError(f"--model and --data go together; got model={self.model!r}, data={self.data!r}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.held_out < 1 or self.num_probes < 2:
+            raise ValueError(f"held_out must be >= 1 and num_probes >= 2, got {self.held_out}, {self.num_probes}")
+
+
+def pretrain(model, tokenizer, texts: Sequence[str], *, epochs: int, lr: float, batch_size: int, seed: int,
+             device: torch.device) -> list[float]:
+    """Train ``model`` from scratch as a language model on ``texts`` (each ends with eos); return epoch losses.
+
+    Math: minimise the mean next-token cross-entropy over all non-pad tokens (AdamW, 5% linear warm-up).
+    """
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    total = epochs * ((len(seqs) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)))
+    model.to(device).train()
+    losses = []
+    for _ in range(epochs):
+        order, total_loss = torch.randperm(len(seqs), generator=gen).tolist(), 0.0
+        for start in range(0, len(order), batch_size):
+            batch = [seqs[i] for i in order[start: start + batch_size]]
+            width = max(len(s) for s in batch)
+            ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (N, L)
+            attn = torch.zeros_like(ids)
+            for n, s in enumerate(batch):
+                ids[n, : len(s)], attn[n, : len(s)] = torch.tensor(s), 1
+            labels = ids.masked_fill(attn == 0, -100)
+            loss = model(input_ids=ids.to(device), attention_mask=attn.to(device), labels=labels.to(device)).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            total_loss += float(loss) * len(batch)
+        losses.append(total_loss / len(seqs))
+    model.eval()
+    return losses
+
+
+def _prompt_batch(tokenizer, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    width = max(len(i) for i in ids)
+    out = torch.full((len(ids), width), tokenizer.pad_token_id, dtype=torch.long)  # (N, L) left-padded
+    attn = torch.zeros_like(out)
+    for n, i in enumerate(ids):
+        out[n, width - len(i):], attn[n, width - len(i):] = torch.tensor(i), 1
+    return out.to(device), attn.to(device)
+
+
+@torch.no_grad()
+def sample_responses(model, tokenizer, prompts: Sequence[str], *, k: int, max_new_tokens: int, temperature: float,
+                     seed: int, batch_size: int = 64) -> list[list[str]]:
+    """Sample ``k`` responses per prompt (ancestral sampling at ``temperature``), seeded locally; return texts."""
+    model.eval()
+    device = next(model.parameters()).device
+    out: list[list[str]] = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            chunk = list(prompts[start: start + batch_size])
+            ids, attn = _prompt_batch(tokenizer, chunk, device)
+            gen = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=temperature,
+                                 top_k=0, top_p=1.0, max_new_tokens=max_new_tokens, num_return_sequences=k,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            texts = tokenizer.batch_decode(gen[:, ids.shape[1]:], skip_special_tokens=True)  # (N * k,)
+            out.extend([" " + t.strip() for t in texts[n * k: (n + 1) * k]] for n in range(len(chunk)))
+    return out
+
+
+def greedy_responses(model, tokenizer, prompts: Sequence[str], *, max_new_tokens: int) -> list[str]:
+    """Free-running greedy responses (the engine's ``greedy_decode``) as texts with a leading space."""
+    encoded = [EncodedSequence(tuple(tokenizer(p, add_special_tokens=False)["input_ids"]), (), False, False)
+               for p in prompts]
+    decoded, _ = greedy_decode(model, encoded, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=tokenizer.eos_token_id)
+    return [" " + tokenizer.decode(list(s.response_ids), skip_special_tokens=True).strip() for s in decoded]
+
+
+def onpolicy_pairs(judge: Judge, prompts: Sequence[str], samples: Sequence[Sequence[str]]
+                   ) -> tuple[list[PreferencePair], dict[str, float]]:
+    """Rank each prompt's samples with the judge: best = chosen, worst = rejected; prompts whose samples tie skip.
+
+    Returns:
+        (pairs, stats) with stats: prompts, pairs, mean chosen / rejected judge score.
+    """
+    pairs, best, worst = [], [], []
+    for prompt, responses in zip(prompts, samples):
+        scored = sorted(((judge.score(prompt, r), r) for r in responses), key=lambda t: t[0])
+        if scored[-1][0] > scored[0][0]:
+            pairs.append(PreferencePair(prompt, scored[-1][1], scored[0][1]))
+            best.append(scored[-1][0])
+            worst.append(scored[0][0])
+    stats = {"prompts": len(prompts), "pairs": len(pairs), "chosen_score": float(np.mean(best)) if best else None,
+             "rejected_score": float(np.mean(worst)) if worst else None}
+    return pairs, stats
+
+
+def _world_probe_set(world: World, y_init: Sequence[str]) -> ProbeSet:
+    keys = [k for k in PROBE_KEYS if k != "prompt"]
+    responses = {"chosen": tuple(p["chosen"] for p in world.probes), "rejected": tuple(p["rejected"] for p in
+                                                                                        world.probes),
+                 "chosen_initial": tuple(t if t.strip() else None for t in y_init)}
+    responses.update({k: tuple(p[k] for p in world.probes) for k in keys if k not in responses})
+    return ProbeSet(tuple(p["prompt"] for p in world.probes), responses, source="synthetic world")
+
+
+def _probe_rows(run_dir: Path) -> list[dict[str, Any]]:
+    table = read_run_metrics(run_dir)
+    table = table[(table["probe"] != "train") & table["statistic"].isin(_PROBE_STATS)]
+    return [{k: row[k] for k in ("phase", "step", "examples_seen", "probe", "statistic", "value")}
+            for row in table.to_dict("records")]
+
+
+class _Phases:
+    """Run finetuning phases of one seed with the engine's ``train``, sharing every setting but loss and lr."""
+
+    def __init__(self, preset: Preset, seed: int, seed_dir: Path, tokenizer, probes: ProbeSet, device: str,
+                 progress: bool, model_name: str):
+        self.preset, self.seed, self.dir, self.tok, self.probes = preset, seed, seed_dir, tokenizer, probes
+        self.device, self.progress, self.model_name = device, progress, model_name
+        self.rows: list[dict[str, Any]] = []
+
+    def run(self, name: str, loss: str, start_model, pairs: Sequence[PreferencePair], *, epochs: int, lr: float,
+            max_examples: int | None = None):
+        p = self.preset
+        cfg = TrainConfig(model=self.model_name, loss=loss, phase=name, optimizer=p.optimizer, lr=lr,
+                          batch_size=p.batch_size, epochs=epochs, max_examples=max_examples,
+                          eval_every=p.eval_every, beta=p.beta if loss != "extend" and loss != "sft" else None,
+                          held_out=0, num_probes=len(self.probes), greedy_max_new_tokens=p.greedy_max_new_tokens,
+                          dtype=p.dtype, bf16=p.bf16, device=self.device, seed=self.seed, save_model=False,
+                          progress=self.progress, out_dir=str(self.dir / name))
+        result = train(cfg, model=copy.deepcopy(start_model), tokenizer=self.tok, pairs=list(pairs),
+                       probes=self.probes)
+        self.rows.extend(_probe_rows(result.run_dir))
+        return result
+
+
+def _prop1(model, tokenizer, pairs: Sequence[PreferencePair], probes: ProbeSet, preset: Preset, out_dir: Path,
+           dtype: str) -> tuple[dict[str, dict[str, Any]], list]:
+    records = [{"prompt": pr, **{k: v[i] for k, v in probes.responses.items() if v[i]}}
+               for i, pr in enumerate(probes.prompts[: preset.prop1_probes])]
+    pair_dicts = [dataclasses.asdict(p) for p in pairs]
+    summaries, results = {}, []
+    for loss in ("sft", "dpo"):
+        cfg = Prop1Config(loss=loss, n_steps=preset.prop1_steps, target_change=preset.prop1_target_change,
+                          beta=preset.beta, dtype=dtype)
+        res = run_prop1(model, tokenizer, pair_dicts, records,
+                        list(probes.probe_types), cfg)
+        save_prop1(res, out_dir)
+        summaries[loss] = res.summary()
+        results.append(res)
+    return summaries, results
+
+
+def run_seed(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path) -> tuple[SeedResult, list]:
+    """Run the whole pipeline for one seed; return its SeedResult and the Prop. 1 results (for the figure)."""
+    device = resolve_device(cfg.device)
+    extras: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    if cfg.model:
+        tok = load_tokenizer(cfg.model)
+        base = load_model(cfg.model, dtype=preset.dtype, device=str(device))
+        all_pairs = load_pairs(cfg.data, leading_space=True)
+        if len(all_pairs) <= cfg.held_out + 1:
+            raise ValueError(f"{cfg.data} has {len(all_pairs)} pairs; need more than held_out={cfg.held_out} + 1")
+        pairs, held = all_pairs[: -cfg.held_out], all_pairs[-cfg.held_out:]
+        probes = (load_probe_set(cfg.probes, max_records=cfg.num_probes, held_out=[p.chosen for p in held],
+                                 seed=seed, leading_space=True) if cfg.probes
+                  else probe_set_from_pairs(pairs[: cfg.num_probes], held, seed=seed))
+        judge = None
+    else:
+        world = build_world(dataclasses.replace(preset.world, seed=seed))
+        save_world(world, seed_dir / "world")
+        texts = list(world.corpus) + [t for p in (*world.train_pairs, *world.test_pairs, *world.probes)
+                                      for k, t in p.items() if k in PROBE_KEYS]
+        tok = build_word_tokenizer(texts)
+        base = tiny_model(preset.arch, len(tok), seed=seed, dtype=preset.dtype, hidden=preset.hidden,
+                          layers=preset.layers, heads=preset.heads, max_positions=256,
+                          pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+        extras["pretrain_losses"] = pretrain(base, tok, world.corpus, epochs=preset.pretrain_epochs,
+                                             lr=preset.pretrain_lr, batch_size=preset.pretrain_batch, seed=seed,
+                                             device=device)
+        judge = Judge(world)
+        prompts = [p["prompt"] for p in world.probes]
+        y_init = [s[0] for s in sample_responses(base, tok, prompts, k=1, max_new_tokens=preset.greedy_max_new_tokens,
+                                                 temperature=preset.temperature, seed=seed)]
+        probes = _world_probe_set(world, y_init)
+        pairs = [PreferencePair(p["prompt"], p["chosen"], p["rejected"]) for p in world.train_pairs]
+        held = [PreferencePair(p["prompt"], p["chosen"], p["rejected"]) for p in world.test_pairs]
+    extras["seconds_setup"] = time.perf_counter() - t0
+    phases = _Phases(preset, seed, seed_dir, tok, probes, str(device), cfg.progress, cfg.model or "world-pretrained")
+    sft = phases.run("sft", "sft", base, pairs, epochs=preset.sft_epochs, lr=preset.sft_lr)
+    ext = phases.run("extend_sft", "extend", base, pairs, epochs=preset.sft_epochs, lr=preset.sft_lr)
+    dpo = phases.run("dpo", "dpo", sft.model, pairs, epochs=preset.dpo_epochs, lr=preset.dpo_lr)
+    ext_dpo = phases.run("extend_dpo", "dpo", ext.model, pairs, epochs=preset.dpo_epochs, lr=preset.dpo_lr)
+    win: dict[str, float] = {"win_rate": float("nan"), "wins": float("nan"), "ties": float("nan"),
+                             "losses": float("nan"), "n": 0}
+    if judge is not None:
+        samples = sample_responses(sft.model, tok, [p.prompt for p in pairs], k=preset.onpolicy_samples,
+                                   max_new_tokens=preset.greedy_max_new_tokens, temperature=preset.temperature,
+                                   seed=seed + 1)
+        on_pairs, extras["onpolicy"] = onpolicy_pairs(judge, [p.prompt for p in pairs], samples)
+        if on_pairs:
+            phases.run("onpolicy_dpo", "dpo", sft.model, on_pairs, epochs=10 * preset.dpo_epochs,
+                       lr=preset.dpo_lr, max_examples=dpo.examples_seen)
+        test_prompts = [p.prompt for p in held]
+        answers = {name: greedy_responses(r.model, tok, test_prompts, max_new_tokens=preset.greedy_max_new_tokens)
+                   for name, r in (("sft", sft), ("extend_sft", ext), ("dpo", dpo), ("extend_dpo", ext_dpo))}
+        win = judge.win_rate(test_prompts, answers["extend_dpo"], answers["dpo"])
+        extras["held_out_judge"] = {
+            name: {"mean_score": float(np.mean([judge.score(p, a) for p, a in zip(test_prompts, texts)])),
+                   "correct": float(np.mean([judge.judge(p, a).answered == "correct"
+                                             for p, a in zip(test_prompts, texts)]))}
+            for name, texts in answers.items()}
+        extras["examples"] = {name: [{"prompt": test_prompts[i], "response": answers[name][i]} for i in range(3)]
+                              for name in answers}
+    prop1_dtype = "float64" if not cfg.model else "float32"
+    prop1, prop1_results = _prop1(sft.model, tok, pairs, probes, preset, seed_dir, prop1_dtype)
+    extras["seconds_total"] = time.perf_counter() - t0
+    return SeedResult(seed, tuple(phases.rows), win, prop1, extras), prop1_results
+
+
+def _mean_rows(seeds: Sequence[SeedResult]) -> list[dict[str, Any]]:
+    """Average the seeds' probe rows point by point (same schedule in every seed) into tidy rows."""
+    groups: dict[tuple, list[float]] = {}
+    for r in seeds:
+        for row in r.rows:
+            key = (row["phase"], row["step"], row["examples_seen"], row["probe"], row["statistic"])
+            groups.setdefault(key, []).append(row["value"])
+    return [{"phase": k[0], "step": k[1], "examples_seen": k[2], "probe": k[3], "statistic": k[4],
+             "value": float(np.mean(v)), "count": len(v)} for k, v in sorted(groups.items())]
+
+
+def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
+    """Run every seed, score the claims and write the run directory; return it and the claims document."""
+    preset = PRESETS[cfg.preset]
+    run_dir = create_run_dir({"validate": config_to_dict(cfg), "preset": config_to_dict(preset)}, "validate",
+                             out_dir=cfg.out_dir, root=cfg.runs_root)
+    t0 = time.perf_counter()
+    seeds, prop1_results = [], []
+    threads = torch.get_num_threads()
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        for seed in cfg.seeds:
+            result, p1 = run_seed(cfg, preset, seed, run_dir / f"seed_{seed}")
+            seeds.append(result)
+            prop1_results.append(p1)
+    finally:
+        torch.set_num_threads(threads)
+    seconds = time.perf_counter() - t0
+    with MetricsWriter(run_dir / "metrics.jsonl") as writer:
+        writer.write_many(_mean_rows(seeds))
+    scored = evaluate_claims(seeds, CLAIMS)
+    context = {"preset": cfg.preset, "seeds": list(cfg.seeds), "seconds": seconds,
+               "model": cfg.model or f"{preset.arch} from scratch on the synthetic world"}
+    doc = claims_document(scored, context)
+    write_json(run_dir / "claims.json", doc)
+    write_json(run_dir / "seeds.json", [{"seed": r.seed, "win_rate": r.win_rate, "prop1": r.prop1,
+                                         "extras": r.extras} for r in seeds])
+    figures = _figures(run_dir, seeds, prop1_results[0])
+    header = (f"# Validation report: do the paper's predictions hold on a real transformer?\n\n"
+              f"Preset `{cfg.preset}`, model: {context['model']}, seeds {list(cfg.seeds)}, "
+              f"{seconds:.0f} s in total. Regenerate with `python -m llm validate --preset {cfg.preset}`.")
+    (run_dir / "report.md").write_text(report_markdown(doc, seeds, figures, header))
+    write_json(run_dir / "summary.json", {"status": "completed", "seconds": seconds, "held": doc["held"],
+                                          "total": doc["total"]})
+    return run_dir, doc
+
+
+def _figures(run_dir: Path, seeds: Sequence[SeedResult], prop1_results: list) -> dict[str, str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = {}
+    for name, fig in (("probe_curves", plot_probe_curves(seeds)),
+                      ("probe_curves_per_token", plot_probe_curves(seeds, "logp_mean")),
+                      ("baseline_vs_extend", plot_baseline_vs_extend(seeds)),
+                      ("prop1_scatter", plot_prop1(prop1_results))):
+        fig.savefig(run_dir / f"{name}.png", dpi=80)
+        plt.close(fig)
+        out[name] = f"{name}.png"
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m llm validate``: parse flags, run, print the run directory and the score."""
+    cfg = parse_config(ValidateConfig, argv, prog="python -m llm validate")
+    run_dir, doc = run_validation(cfg)
+    print(f"{doc['held']} of {doc['total']} claims hold in every seed; report: {run_dir / 'report.md'}")
+    return 0
