@@ -164,7 +164,7 @@ CLAIMS: tuple[ClaimSpec, ...] = (
        "Pearson r of predicted vs measured Delta log pi, all probes and steps", ">", 0.95,
        lambda r: r.prop1["dpo"]["correlation"]),
     _c("prop1_eta_squared", "Proposition 1", "the remainder is O(eta^2)",
-       "|fitted log-log slope of ||measured - predicted|| vs eta - 2| (SFT and DPO, the worse)", "<", 0.3,
+       "abs(slope - 2), slope = fitted log-log slope of norm(measured - predicted) vs eta (worse of SFT, DPO)", "<", 0.3,
        lambda r: max(abs(r.prop1[k]["slope"] - 2.0) for k in ("sft", "dpo"))),
 )
 

@@ -152,7 +152,7 @@ def pretrain(model, tokenizer, texts: Sequence[str], *, epochs: int, lr: float, 
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            total_loss += float(loss) * len(batch)
+            total_loss += float(loss.detach()) * len(batch)
         losses.append(total_loss / len(seqs))
     model.eval()
     return losses
