@@ -1,23 +1,30 @@
 """Figure 2: the residual G of each finetuning algorithm and the distribution change it causes.
 
-A toy response space for one prompt: every candidate response y is a tuple of attribute values (e.g. tone, topic)
-embedded by a fixed feature map phi(y) = [one-hot of each attribute, small random part]. The policy is a softmax
-over all V responses with logits z = Phi theta (Phi: (V, d) rows phi(y)), so its eNTK is K = Phi Phi^T and learning
-one response moves the responses that share its attributes. One SGD step is theta <- theta - eta Phi^T G, i.e.
-Delta z = -eta K G exactly (the model is linear in theta); G comes from ``toykit.residuals`` and the loss from
-``toykit.losses``.
+A toy language model for one prompt. Tokens are tuples of attribute values embedded by a fixed feature map
+phi(t) = [one-hot of each attribute, small random part] (Phi: (V, d)); a response is a sequence of two tokens scored
+by teacher forcing. Position 1 is predicted at the prompt context chi_0, shared by every response; position 2 at the
+context chi_t = (prompt, first token t), so two responses whose first tokens differ have their second tokens
+predicted at DIFFERENT softmaxes, as in an LLM. Each context has a unit embedding x_c: x_0 = [1, 0] and
+x_t = [rho, sqrt(1 - rho^2) phi(t) / ||phi(t)||], so continuations of similar first tokens have similar contexts.
+The logits are z_c = Phi M x_c (M: (d, 1 + d) parameters), hence the eNTK K(chi_c, chi_c') = (x_c . x_c') Phi Phi^T:
+learning one token at one context moves similar tokens at similar contexts. One SGD step is
+M <- M - eta Phi^T sum_c G_c x_c^T, i.e. Delta z_c = -eta sum_c' K(chi_c, chi_c') G_c' exactly (z is linear in M);
+G per position comes from ``toykit.residuals.sequence_residual`` and the loss from ``toykit.losses``.
 
 Algorithms differ by their loss and by where y+ and y- come from (Section 3 of the paper): off-policy pairs take
-the dataset's y+ (a mid-probability response) and a y- in a valley of pi; on-policy pairs sample both from the
-current pi and let a fixed judge (similarity to the dataset's y+) rank them; SPIN pairs the dataset's y+ with a
-model sample. The reference model is the initial policy (SPIN's "previous iterate").
+the dataset's y+ (mid-probability tokens) and a y- whose tokens lie in valleys of their contexts; on-policy pairs
+sample both from the current pi and let a fixed judge (feature similarity to the dataset's y+) rank them; SPIN pairs
+the dataset's y+ with a model sample. The reference model is the initial policy (SPIN's "previous iterate").
 
-Note (derived): y+ and y- here share one input, so the pi parts of G+ and G- cancel for any loss whose two weights
-are equal and opposite (DPO, IPO, SPPO at the start): G = w (e_{y-} - e_{y+}). The squeezing of the paper's
-Figure 2 then only appears when the negative term dominates; in LLMs it comes from the token level, where y+ and y-
-have different contexts. The summary reports what this toy does, not the cartoon.
+What the toy shows (derived). At the shared context chi_0, G = G+_1 + G-_1 and the pi parts cancel for any loss
+whose two weights are equal and opposite (DPO, IPO, SPPO at the reference): G = w (e_{y-_1} - e_{y+_1}), no squeeze.
+At y-'s own context chi_{y-_1}, only y-'s term acts: G = w (e_{y-_2} - pi), a pure negative gradient, and with
+y-_2 in a valley it squeezes that context's mass into its argmax (PAPER.md section 4); coupling through K (rho, shared
+token features) adds smaller cross terms. ``shared_context=True`` makes every response a single token at chi_0 (one
+softmax, y+ and y- two labels of it): the cancellation case, where off-policy DPO shows no squeeze.
 
-References: Ren & Sutherland (2025), Section 3 and Figure 2; Pal et al. (DPOP), Meng et al. (SimPO), Pang et al. (RPO).
+References: Ren & Sutherland (2025), Sections 2-4 and Figure 2; Pal et al. (DPOP), Meng et al. (SimPO), Pang et al.
+(RPO).
 """
 
 from __future__ import annotations
@@ -32,11 +39,12 @@ import torch
 from toykit.experiments._common import (check_at_least, check_fraction, check_loss_names, check_positive,
                                         new_figure, save_figure, write_metrics, write_summary)
 from toykit.losses import get_loss
-from toykit.residuals import residual
+from toykit.residuals import sequence_residual
 from toykit.softmax import log_softmax
 
 NAME = "residuals"
-DESCRIPTION = "Figure 2: G of SFT, off/on-policy DPO, IPO, SPIN, SPPO, SLiC, DPOP, SimPO, RPO on a toy response space"
+DESCRIPTION = ("Figure 2: G of SFT, off/on-policy DPO, IPO, SPIN, SPPO, SLiC, DPOP, SimPO, RPO on a toy two-token "
+               "language model (shared and per-response contexts)")
 
 
 @dataclass(frozen=True)
@@ -44,7 +52,7 @@ class Algorithm:
     """A finetuning algorithm: a registered loss and the sources of y+ and y-.
 
     chosen: "dataset" (the fixed y+) or "sample" (the judge's winner of two samples from pi).
-    rejected: None (single-response loss), "valley" (a fixed low-probability y-) or "sample" (a sample from pi).
+    rejected: None (single-response loss), "valley" (the dataset's low-probability y-) or "sample" (from pi).
     """
 
     loss: str
@@ -69,40 +77,61 @@ ALGORITHMS: dict[str, Algorithm] = {
 
 @dataclass(frozen=True)
 class Config:
-    """The residual G per algorithm on a toy response space, and the distribution after a few steps."""
+    """The residual G per algorithm on a toy two-token language model, and the distribution after a few steps."""
 
     algorithms: tuple[str, ...] = field(default=tuple(ALGORITHMS), metadata={
         "help": f"algorithms to compare, from {list(ALGORITHMS)}"})
-    num_attributes: int = field(default=2, metadata={"help": "attributes per response (V = values ** attributes)"})
+    shared_context: bool = field(default=False, metadata={
+        "help": "True: each response is ONE token at the prompt (one softmax: the pi parts of DPO's G cancel); "
+                "False: two tokens, the second predicted at a context set by the first (as in an LLM)"})
+    rho: float = field(default=0.3, metadata={
+        "help": "cosine between the prompt context and every continuation context (0 = independent softmaxes)"})
+    num_attributes: int = field(default=2, metadata={"help": "attributes per token (V = values ** attributes)"})
     values_per_attribute: int = field(default=6, metadata={"help": "values of each attribute"})
-    noise_dim: int = field(default=4, metadata={"help": "extra random feature dimensions per response"})
+    noise_dim: int = field(default=4, metadata={"help": "extra random feature dimensions per token"})
     noise_scale: float = field(default=0.5, metadata={"help": "scale of the random features"})
-    peakiness: float = field(default=2.0, metadata={"help": "scale of the initial theta: larger = peakier pi"})
-    chosen_rank: int = field(default=3, metadata={"help": "rank (0 = argmax) of the dataset's y+ under the initial pi"})
+    peakiness: float = field(default=2.0, metadata={"help": "scale of the initial M: larger = peakier pi"})
+    chosen_rank: int = field(default=3, metadata={
+        "help": "rank (0 = argmax) of each token of the dataset's y+ at its context under the initial pi"})
     valley_quantile: float = field(default=0.9, metadata={
-        "help": "the off-policy y- is the response at this quantile of the initial ranking (1 = least likely)"})
+        "help": "each token of the off-policy y- is the one at this quantile of its context's initial ranking "
+                "(1 = least likely)"})
     eta: float = field(default=0.5, metadata={"help": "SGD learning rate eta"})
     steps: int = field(default=10, metadata={"help": "SGD steps per algorithm (G is drawn at the first)"})
     beta: float = field(default=0.5, metadata={
-        "help": "inverse temperature beta of the losses that have one (0.5 keeps IPO/SPPO weights 2(1/(2 beta) - h) comparable to DPO)"})
-    seed: int = field(default=0, metadata={"help": "seed of the features, the initial theta and on-policy samples"})
+        "help": "inverse temperature beta of the losses that have one (0.5 keeps IPO/SPPO weights 2(1/(2 beta) - h) "
+                "comparable to DPO)"})
+    seed: int = field(default=0, metadata={"help": "seed of the features, the initial M and on-policy samples"})
+
+    @property
+    def vocab(self) -> int:
+        """V, the number of tokens."""
+        return self.values_per_attribute ** self.num_attributes
+
+    @property
+    def length(self) -> int:
+        """L, tokens per response (1 with a shared context, else 2)."""
+        return 1 if self.shared_context else 2
 
     @property
     def num_responses(self) -> int:
-        """V, the number of candidate responses."""
-        return self.values_per_attribute ** self.num_attributes
+        """V ** L, the number of candidate responses."""
+        return self.vocab ** self.length
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.algorithms if a not in ALGORITHMS]
         if unknown or not self.algorithms:
             raise ValueError(f"algorithms: unknown {unknown or 'empty list'}; known algorithms: {list(ALGORITHMS)}")
         check_loss_names("algorithms", [ALGORITHMS[a].loss for a in self.algorithms])
+        if not isinstance(self.shared_context, bool):
+            raise ValueError(f"shared_context must be True or False, got {self.shared_context!r}")
+        check_fraction("rho", self.rho)
         check_at_least("num_attributes", self.num_attributes, 1)
         check_at_least("values_per_attribute", self.values_per_attribute, 1)
         check_at_least("noise_dim", self.noise_dim, 0)
-        V = self.num_responses
+        V = self.vocab
         if V < 3:
-            raise ValueError(f"the response space needs V >= 3 (y+, y- and another response); got V = "
+            raise ValueError(f"the token space needs V >= 3 (y+, y- and another token); got V = "
                              f"values_per_attribute ** num_attributes = {V}")
         check_fraction("noise_scale", self.noise_scale)
         check_positive("peakiness", self.peakiness)
@@ -114,32 +143,61 @@ class Config:
         check_fraction("valley_quantile", self.valley_quantile, 0.0, 1.0)
         if self.valley_rank == self.chosen_rank:
             raise ValueError(f"valley_quantile={self.valley_quantile} picks rank {self.valley_rank}, the same as "
-                             f"chosen_rank; y+ and y- must differ")
+                             f"chosen_rank; y+ and y- must differ at their first token")
 
     @property
     def valley_rank(self) -> int:
-        """Rank (0 = argmax) of the off-policy y- under the initial pi."""
-        return int(round(self.valley_quantile * (self.num_responses - 1)))
+        """Rank (0 = argmax) of each off-policy y- token at its context under the initial pi."""
+        return int(round(self.valley_quantile * (self.vocab - 1)))
+
+
+@dataclass(frozen=True)
+class Model:
+    """The toy language model: contexts c = 0 (prompt) and c = 1 + t (prompt, first token t).
+
+    Attributes:
+        Phi: (V, d) float64 token features; X: (V + 1, 1 + d) float64 unit context embeddings x_c.
+        M0: (d, 1 + d) float64 initial parameters (also the reference model); L: tokens per response.
+    """
+
+    Phi: torch.Tensor
+    X: torch.Tensor
+    M0: torch.Tensor
+    L: int
+
+    def logits(self, M: torch.Tensor) -> torch.Tensor:
+        """Return z: (V + 1, V) logits at every context, z_c = Phi M x_c."""
+        return self.X @ M.T @ self.Phi.T  # (V + 1, V)
+
+    def contexts(self, y: tuple[int, ...]) -> list[int]:
+        """Return the context index at which each token of response ``y`` is predicted (teacher forcing)."""
+        return [0] + [1 + t for t in y[:-1]]
 
 
 @dataclass(frozen=True)
 class AlgorithmRecord:
-    """One algorithm's run; responses are indexed as in ``Result.features``.
+    """One algorithm's run; tokens and contexts indexed as in ``Model``.
 
     Attributes:
-        G, G_chosen, G_rejected: (V,) residual at the first step (G_rejected zeros for single-response losses).
-        pi_before, pi_after: (V,) the policy before the first and after the last step.
-        chosen, rejected: y+ and y- of the first step (rejected = -1 for single-response losses).
-        trace: {metric: (steps + 1,)} pi(y+), pi(y-) of the first pair, pi(initial argmax), entropy (nats).
+        G_chosen, G_rejected: (L, V) sequence residual of y+ and y- per position at the first step (zeros for
+            single-response losses).
+        G_shared: (V,) total G at the prompt context; G_context: (V,) total G at y-'s last-token context.
+        pi_before, pi_after: (V + 1, V) pi at every context before the first and after the last step.
+        chosen, rejected: y+ and y- (token tuples) of the first step (rejected = () for single-response losses).
+        context: the context where y-'s last token is predicted (the dataset y-'s for single-response losses).
+        trace: {metric: (steps + 1,)} pi(y+), pi(y-) (sequence probabilities, products over tokens), and at y-'s
+            context pi(its initial argmax), pi(y-'s token), entropy (nats); pi(initial argmax) at the prompt.
     """
 
-    G: np.ndarray
     G_chosen: np.ndarray
     G_rejected: np.ndarray
+    G_shared: np.ndarray
+    G_context: np.ndarray
     pi_before: np.ndarray
     pi_after: np.ndarray
-    chosen: int
-    rejected: int
+    chosen: tuple[int, ...]
+    rejected: tuple[int, ...]
+    context: int
     trace: dict[str, np.ndarray]
 
 
@@ -147,15 +205,15 @@ class AlgorithmRecord:
 class Result:
     config: Config
     features: np.ndarray  # (V, d) Phi
-    attributes: np.ndarray  # (V, num_attributes) attribute values of each response
+    attributes: np.ndarray  # (V, num_attributes) attribute values of each token
     records: dict[str, AlgorithmRecord]
     summary: dict
 
 
 def response_space(cfg: Config, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Return the attribute tuples (V, num_attributes) and the feature map Phi (V, d) of every response.
+    """Return the attribute tuples (V, num_attributes) and the feature map Phi (V, d) of every token.
 
-    Math: phi(y) = [onehot(y_1), ..., onehot(y_k), noise_scale * n_y], n_y ~ N(0, I / noise_dim).
+    Math: phi(t) = [onehot(t_1), ..., onehot(t_k), noise_scale * n_t], n_t ~ N(0, I / noise_dim).
     """
     attrs = np.array(list(itertools.product(range(cfg.values_per_attribute), repeat=cfg.num_attributes)))
     V = len(attrs)
@@ -164,127 +222,198 @@ def response_space(cfg: Config, rng: np.random.Generator) -> tuple[np.ndarray, n
     return attrs, np.concatenate(onehots + [noise], axis=1)  # (V, d)
 
 
-def _sample_pair(pi: np.ndarray, reward: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
-    """Draw two distinct responses from pi; the judge's preferred one (higher reward) is y+."""
-    a = int(rng.choice(len(pi), p=pi))
-    rest = pi.copy()
-    rest[a] = 0.0
-    # A collapsed pi (all mass on a) leaves no second sample: take the runner-up, as greedy decoding would.
-    b = int(rng.choice(len(pi), p=rest / rest.sum())) if rest.sum() > 0 else int(np.argsort(-pi)[1])
-    return (int(a), int(b)) if reward[a] >= reward[b] else (int(b), int(a))
+def build_model(cfg: Config, rng: np.random.Generator) -> tuple[np.ndarray, Model]:
+    """Return the token attributes (V, k) and the model: features, context embeddings and initial parameters.
+
+    Math: x_0 = [1, 0], x_{1+t} = [rho, sqrt(1 - rho^2) phi(t) / ||phi(t)||]; K(c, c') = (x_c . x_c') Phi Phi^T.
+    """
+    attrs, features = response_space(cfg, rng)
+    Phi = torch.as_tensor(features, dtype=torch.float64)  # (V, d)
+    V, d = Phi.shape
+    unit = Phi / Phi.norm(dim=1, keepdim=True)  # (V, d)
+    X = torch.zeros(V + 1, 1 + d, dtype=torch.float64)
+    X[0, 0] = 1.0
+    X[1:, 0] = cfg.rho
+    X[1:, 1:] = np.sqrt(1.0 - cfg.rho ** 2) * unit
+    M0 = torch.as_tensor(rng.standard_normal((d, 1 + d)) * cfg.peakiness, dtype=torch.float64)  # (d, 1 + d)
+    return attrs, Model(Phi=Phi, X=X, M0=M0, L=cfg.length)
 
 
-def _pick_pair(algo: Algorithm, pi: np.ndarray, dataset_pair: tuple[int, int], reward: np.ndarray,
-               rng: np.random.Generator) -> tuple[int, int | None]:
+def sequence_prob(pi: np.ndarray, model: Model, y: tuple[int, ...]) -> float:
+    """Return pi(y) = prod_l pi(y_l | context of position l) (teacher forcing); pi: (V + 1, V)."""
+    return float(np.prod([pi[c, t] for c, t in zip(model.contexts(y), y)]))
+
+
+def _draw(p: np.ndarray, rng: np.random.Generator, exclude: int | None = None) -> int:
+    """Draw a token from p (V,), never ``exclude``; a collapsed p falls back to the runner-up (greedy)."""
+    p = p.copy()
+    if exclude is not None:
+        p[exclude] = 0.0
+    if p.sum() <= 0:
+        return int(np.argsort(-p, kind="stable")[0 if exclude is None else 1])
+    return int(rng.choice(len(p), p=p / p.sum()))
+
+
+def sample_response(pi: np.ndarray, model: Model, rng: np.random.Generator,
+                    differ_from: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """Sample a response token by token from pi (V + 1, V); if ``differ_from`` is given, its last token is
+    redrawn without that response's when all earlier tokens agree, so the two responses differ."""
+    y: list[int] = []
+    for pos in range(model.L):
+        c = model.contexts(tuple(y) + (0,))[pos]
+        same_prefix = differ_from is not None and tuple(y) == differ_from[:pos] and pos == model.L - 1
+        y.append(_draw(pi[c], rng, differ_from[pos] if same_prefix else None))
+    return tuple(y)
+
+
+def _pick_pair(algo: Algorithm, pi: np.ndarray, model: Model, dataset_pair: tuple[tuple[int, ...], ...],
+               judge, rng: np.random.Generator) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     if algo.chosen == "sample":
-        return _sample_pair(pi, reward, rng)
+        a = sample_response(pi, model, rng)
+        b = sample_response(pi, model, rng, differ_from=a)
+        return (a, b) if judge(a) >= judge(b) else (b, a)
     chosen = dataset_pair[0]
     if algo.rejected is None:
         return chosen, None
     if algo.rejected == "valley":
         return chosen, dataset_pair[1]
-    masked = pi.copy()
-    masked[chosen] = 0.0  # SPIN: y- is the model's own sample, never the ground truth itself
-    if masked.sum() == 0:
-        return chosen, int(np.argsort(-pi)[1])
-    return chosen, int(rng.choice(len(pi), p=masked / masked.sum()))
+    return chosen, sample_response(pi, model, rng, differ_from=chosen)  # SPIN: y- is the model's own sample
 
 
-
-def run_algorithm(algo: Algorithm, Phi: torch.Tensor, theta0: torch.Tensor, dataset_pair: tuple[int, int],
-                  reward: np.ndarray, cfg: Config, rng: np.random.Generator) -> AlgorithmRecord:
-    """Run ``cfg.steps`` SGD steps of one algorithm on the feature-softmax policy z = Phi theta.
+def run_algorithm(algo: Algorithm, model: Model, dataset_pair: tuple[tuple[int, ...], ...], judge, cfg: Config,
+                  rng: np.random.Generator) -> AlgorithmRecord:
+    """Run ``cfg.steps`` SGD steps of one algorithm on the toy language model.
 
     Args:
         algo: the algorithm.
-        Phi: (V, d) float64 response features; theta0: (d,) initial parameters (also the reference model).
-        dataset_pair: the off-policy (y+, y-) indices.
-        reward: (V,) the judge's score that ranks on-policy samples.
+        model: the toy model (its ``M0`` is the start and the reference).
+        dataset_pair: the off-policy (y+, y-) token tuples.
+        judge: callable response -> score that ranks on-policy samples.
 
-    Math: theta <- theta - eta Phi^T G, so Delta z = -eta K G with K = Phi Phi^T (Proposition 1, exact here).
-    References: Ren & Sutherland (2025), Proposition 1 and Figure 2.
+    Math: M <- M - eta Phi^T sum_l G_l x_{c(l)}^T over every scored position l of y+ and y-, so
+        Delta z_c = -eta sum_l K(chi_c, chi_{c(l)}) G_l (Proposition 1, exact here).
+    References: Ren & Sutherland (2025), Proposition 1 (sequence version), Section 3 and Figure 2.
     """
     spec = get_loss(algo.loss)
     hparams = {"beta": cfg.beta} if "beta" in spec.defaults else {}
-    ref_logp = log_softmax(Phi @ theta0)  # (V,) reference: the initial policy
-    thetas = [theta0]
-    first = None
+    V, L = model.Phi.shape[0], model.L
+    ref_logp = log_softmax(model.logits(model.M0))  # (V + 1, V) reference: the initial policy
+    ones = torch.ones(1, L, dtype=torch.bool)
+
+    def side(z, logp, y):  # teacher-forced logits (1, L, V), labels (1, L), reference summed log-prob (1,)
+        ctx = model.contexts(y)
+        return z[ctx][None], torch.tensor([y]), logp[ctx, list(y)].sum()[None]
+
+    Ms, first = [model.M0], None
     for _ in range(cfg.steps):
-        z = Phi @ thetas[-1]  # (V,)
-        y_pos, y_neg = _pick_pair(algo, torch.softmax(z, -1).numpy(), dataset_pair, reward, rng)
+        z = model.logits(Ms[-1])  # (V + 1, V)
+        y_pos, y_neg = _pick_pair(algo, torch.softmax(z, -1).numpy(), model, dataset_pair, judge, rng)
+        z_c, t_c, ref_c = side(z, ref_logp, y_pos)
         kwargs: dict = {}
         if y_neg is not None:
-            kwargs = {"z_rejected": z[None], "y_rejected": torch.tensor([y_neg])}
+            z_r, t_r, ref_r = side(z, ref_logp, y_neg)
+            kwargs = {"z_rejected": z_r, "y_rejected": t_r, "mask_rejected": ones}
         if spec.uses_reference:
-            kwargs["ref_chosen_logps"] = ref_logp[[y_pos]]
+            kwargs["ref_chosen_logps"] = ref_c
             if y_neg is not None:
-                kwargs["ref_rejected_logps"] = ref_logp[[y_neg]]
-        res = residual(algo.loss, z[None], torch.tensor([y_pos]), **kwargs, **hparams)
+                kwargs["ref_rejected_logps"] = ref_r
+        res = sequence_residual(algo.loss, z_c, t_c, ones, **kwargs, **hparams)
+        G_ctx = torch.zeros(V + 1, V, dtype=torch.float64)  # total G at each context
+        G_ctx.index_add_(0, torch.tensor(model.contexts(y_pos)), res.G_chosen[0])
+        if y_neg is not None:
+            G_ctx.index_add_(0, torch.tensor(model.contexts(y_neg)), res.G_rejected[0])
         if first is None:
-            first = (res, y_pos, -1 if y_neg is None else y_neg)
-        thetas.append(thetas[-1] - cfg.eta * Phi.T @ res.G[0])  # (d,) gradient step through the feature map
-    res, chosen, rejected = first
-    pis = torch.softmax(torch.stack(thetas) @ Phi.T, -1)  # (steps + 1, V)
-    argmax0 = int(pis[0].argmax())
-    entropy = -(pis * torch.log(pis.clamp_min(1e-300))).sum(-1)  # (steps + 1,) nats
-    trace = {"pi_chosen": pis[:, chosen], "pi_argmax": pis[:, argmax0], "entropy": entropy}
-    if rejected >= 0:
-        trace["pi_rejected"] = pis[:, rejected]
-    zeros = torch.zeros_like(res.G[0])
+            first = (res, G_ctx, y_pos, () if y_neg is None else y_neg)
+        Ms.append(Ms[-1] - cfg.eta * model.Phi.T @ G_ctx.T @ model.X)  # (d, 1 + d) = Phi^T sum_c G_c x_c^T
+
+    res, G_ctx, chosen, rejected = first
+    context = model.contexts(rejected or dataset_pair[1])[-1]
+    pis = torch.softmax(torch.stack([model.logits(M) for M in Ms]), -1).numpy()  # (steps + 1, V + 1, V)
+    top_ctx, top_shared = int(pis[0, context].argmax()), int(pis[0, 0].argmax())
+    trace = {"pi_chosen": np.array([sequence_prob(p, model, chosen) for p in pis]),
+             "pi_argmax_context": pis[:, context, top_ctx],
+             "entropy_context": -(pis[:, context] * np.log(np.clip(pis[:, context], 1e-300, None))).sum(-1),
+             "pi_argmax_shared": pis[:, 0, top_shared]}
+    if rejected:
+        trace["pi_rejected"] = np.array([sequence_prob(p, model, rejected) for p in pis])
+        trace["pi_rejected_token"] = pis[:, context, rejected[-1]]
+    zeros = torch.zeros_like(res.G_chosen[0])
     return AlgorithmRecord(
-        G=res.G[0].numpy(), G_chosen=res.G_chosen[0].numpy(),
+        G_chosen=res.G_chosen[0].numpy(),
         G_rejected=(res.G_rejected[0] if res.G_rejected is not None else zeros).numpy(),
-        pi_before=pis[0].numpy(), pi_after=pis[-1].numpy(), chosen=chosen, rejected=rejected,
-        trace={k: v.numpy() for k, v in trace.items()})
+        G_shared=G_ctx[0].numpy(), G_context=G_ctx[context].numpy(), pi_before=pis[0], pi_after=pis[-1],
+        chosen=chosen, rejected=rejected, context=context, trace=trace)
+
+
+def dataset_pair(cfg: Config, model: Model) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Return the off-policy (y+, y-): each token of y+ at ``chosen_rank`` of its context, each of y- at
+    ``valley_rank`` of its own context, under the initial pi (so they differ from the first token on)."""
+    pi0 = torch.softmax(model.logits(model.M0), -1).numpy()  # (V + 1, V)
+    pair = []
+    for rank in (cfg.chosen_rank, cfg.valley_rank):
+        y: list[int] = []
+        for pos in range(model.L):
+            c = model.contexts(tuple(y) + (0,))[pos]
+            y.append(int(np.argsort(-pi0[c], kind="stable")[rank]))
+        pair.append(tuple(y))
+    return pair[0], pair[1]
 
 
 def run(cfg: Config) -> Result:
-    """Build the response space and run every algorithm from the same initial policy."""
+    """Build the toy language model and run every algorithm from the same initial policy."""
     rng = np.random.default_rng(cfg.seed)
-    attrs, features = response_space(cfg, rng)
-    Phi = torch.as_tensor(features, dtype=torch.float64)  # (V, d)
-    theta0 = torch.as_tensor(rng.standard_normal(Phi.shape[1]) * cfg.peakiness, dtype=torch.float64)  # (d,)
-    pi0 = torch.softmax(Phi @ theta0, -1).numpy()
-    ranking = np.argsort(-pi0, kind="stable")  # response indices, most likely first
-    dataset_pair = (int(ranking[cfg.chosen_rank]), int(ranking[cfg.valley_rank]))
-    reward = features @ features[dataset_pair[0]]  # (V,) the judge: similarity to the dataset's y+
+    attrs, model = build_model(cfg, rng)
+    pair = dataset_pair(cfg, model)
+    features = model.Phi.numpy()
+    judge = lambda y: float(sum(features[t] @ features[s] for t, s in zip(y, pair[0])))  # noqa: E731
+    pi0 = torch.softmax(model.logits(model.M0), -1).numpy()  # (V + 1, V)
 
     records, per_algo = {}, {}
     for k, name in enumerate(cfg.algorithms):
         algo_rng = np.random.default_rng([cfg.seed, k])  # each algorithm's samples independent of the list order
-        rec = run_algorithm(ALGORITHMS[name], Phi, theta0, dataset_pair, reward, cfg, algo_rng)
+        rec = run_algorithm(ALGORITHMS[name], model, pair, judge, cfg, algo_rng)
         records[name] = rec
-        a0 = int(ranking[0])
+        tr, c = rec.trace, rec.context
         per_algo[name] = {
-            "label": ALGORITHMS[name].label,
-            "loss": ALGORITHMS[name].loss,
-            "chosen": int(rec.chosen), "rejected": int(rec.rejected),
-            "chosen_rank": int(np.flatnonzero(ranking == rec.chosen)[0]),
-            "rejected_rank": int(np.flatnonzero(ranking == rec.rejected)[0]) if rec.rejected >= 0 else None,
-            "mass_to_argmax": float(rec.pi_after[a0] - rec.pi_before[a0]),
-            "delta_pi_chosen": float(rec.pi_after[rec.chosen] - rec.pi_before[rec.chosen]),
-            "delta_pi_rejected": (float(rec.pi_after[rec.rejected] - rec.pi_before[rec.rejected])
-                                  if rec.rejected >= 0 else None),
-            "delta_entropy": float(rec.trace["entropy"][-1] - rec.trace["entropy"][0]),
-            "G_norm": float(np.linalg.norm(rec.G)),
+            "label": ALGORITHMS[name].label, "loss": ALGORITHMS[name].loss,
+            "chosen": " ".join(map(str, rec.chosen)), "rejected": " ".join(map(str, rec.rejected)) or None,
+            "delta_pi_chosen": float(tr["pi_chosen"][-1] - tr["pi_chosen"][0]),
+            "delta_pi_rejected": float(tr["pi_rejected"][-1] - tr["pi_rejected"][0]) if rec.rejected else None,
+            "rejected_context": c,
+            "mass_to_argmax": float(tr["pi_argmax_context"][-1] - tr["pi_argmax_context"][0]),
+            "delta_pi_rejected_token": (float(tr["pi_rejected_token"][-1] - tr["pi_rejected_token"][0])
+                                        if rec.rejected else None),
+            "delta_entropy": float(tr["entropy_context"][-1] - tr["entropy_context"][0]),
+            "mass_to_argmax_shared": float(tr["pi_argmax_shared"][-1] - tr["pi_argmax_shared"][0]),
+            "G_norm_shared": float(np.linalg.norm(rec.G_shared)),
+            "G_norm_context": float(np.linalg.norm(rec.G_context)),
         }
     summary = {
-        "num_responses": cfg.num_responses,
-        "initial_argmax": int(ranking[0]), "initial_pi_argmax": float(pi0[ranking[0]]),
-        "dataset_chosen": dataset_pair[0], "dataset_rejected": dataset_pair[1],
-        "initial_pi_chosen": float(pi0[dataset_pair[0]]), "initial_pi_rejected": float(pi0[dataset_pair[1]]),
+        "num_responses": cfg.num_responses, "vocab": cfg.vocab, "length": cfg.length,
+        "initial_argmax": int(pi0[0].argmax()), "initial_pi_argmax": float(pi0[0].max()),
+        "dataset_chosen": " ".join(map(str, pair[0])), "dataset_rejected": " ".join(map(str, pair[1])),
+        "initial_pi_chosen": sequence_prob(pi0, model, pair[0]),
+        "initial_pi_rejected": sequence_prob(pi0, model, pair[1]),
         "steps": cfg.steps,
-        "note": "chosen/rejected are the first step's pair; on-policy pairs are resampled each step",
-        "shared_input_note": "y+ and y- share one input here, so for equal and opposite weights (DPO-form losses "
-                             "at the reference) the pi parts of G cancel: G = w (e_y- - e_y+). A squeeze towards "
-                             "the argmax then needs an unbalanced negative weight; in LLMs it arises per token.",
+        "note": ("chosen/rejected are the first step's pair (token ids); pi(y) is the teacher-forced sequence "
+                 "probability; mass_to_argmax, delta_pi_rejected_token and delta_entropy are measured at the context "
+                 "of y-'s last token (context 0 = the prompt), *_shared at the prompt; on-policy pairs are resampled "
+                 "each step"),
+        "shared_context_note": (
+            "One softmax (shared_context=True): y+ and y- are labels of one context, so for equal and opposite "
+            "weights (DPO-form losses at the reference) the pi parts of G cancel: G = w (e_y- - e_y+), no squeeze."
+            if cfg.shared_context else
+            "Two tokens: at the prompt the pi parts of G+ and G- cancel for DPO-form losses, but y-'s second token "
+            "is predicted at its own context, where G = w (e_y- - pi) is a pure negative gradient: with y- in a "
+            "valley it squeezes that context's mass into its argmax (cross terms via rho and shared token features "
+            "are smaller)."),
         "algorithms": per_algo,
     }
     return Result(config=cfg, features=features, attributes=attrs, records=records, summary=summary)
 
 
 def save(result: Result, out_dir: Path) -> None:
-    """Write metrics.jsonl (per step and algorithm: pi of y+, y-, initial argmax, entropy), summary.json, figure."""
+    """Write metrics.jsonl (per step and algorithm: the trace metrics), summary.json and the figure."""
     rows = []
     for name, rec in result.records.items():
         for metric, values in rec.trace.items():
@@ -295,30 +424,49 @@ def save(result: Result, out_dir: Path) -> None:
     save_figure(plot(result), Path(out_dir) / "residuals.png")
 
 
-def plot(result: Result):
-    """One column per algorithm: G at the first step (top), pi before and after (bottom), responses by initial rank."""
-    names = list(result.records)
-    fig = new_figure(2.1 * len(names), 4.4)
-    axes = fig.subplots(2, len(names), squeeze=False, sharey="row")
-    first = result.records[names[0]]
-    order = np.argsort(-first.pi_before, kind="stable")  # x axis: responses from most to least likely at start
+def _panel_pair(top, bottom, G: np.ndarray, before: np.ndarray, after: np.ndarray, marks: dict[str, int],
+                steps: int) -> None:
+    """Draw -G (top) and pi before/after (bottom) at one context, tokens by initial rank there."""
+    order = np.argsort(-before, kind="stable")  # x axis: tokens from most to least likely at the start
+    pos = {int(v): i for i, v in enumerate(order)}
     xs = np.arange(len(order))
+    top.bar(xs, -G[order], color="tab:purple", width=1.0)
+    bottom.bar(xs, before[order], color="0.75", width=1.0, label="before")
+    bottom.plot(xs, after[order], color="tab:blue", lw=1.2, label=f"after {steps} steps")
+    for ax in (top, bottom):
+        for color, token in marks.items():
+            ax.axvline(pos[token], color=color, lw=0.8, ls="--")
+        ax.tick_params(labelsize=7)
+
+
+def plot(result: Result):
+    """One column per algorithm: -G at the first step and pi before/after, at the prompt (shared) context and, for
+    two-token responses, at the context of y-'s second token (where the squeeze happens); tokens by initial rank."""
+    names = list(result.records)
+    two = result.config.length == 2
+    rows = 4 if two else 2
+    fig = new_figure(2.1 * len(names), 2.2 * rows)
+    axes = fig.subplots(rows, len(names), squeeze=False)
+    steps = result.config.steps
     for col, name in enumerate(names):
         rec = result.records[name]
-        pos = {int(v): i for i, v in enumerate(order)}
-        top, bottom = axes[0, col], axes[1, col]
-        top.bar(xs, -rec.G[order], color="tab:purple", width=1.0)
-        top.set_title(ALGORITHMS[name].label, fontsize=9)
-        bottom.bar(xs, rec.pi_before[order], color="0.75", width=1.0, label="before")
-        bottom.plot(xs, rec.pi_after[order], color="tab:blue", lw=1.2, label=f"after {result.config.steps} steps")
-        for ax in (top, bottom):
-            ax.axvline(pos[rec.chosen], color="tab:green", lw=0.8, ls="--")
-            if rec.rejected >= 0:
-                ax.axvline(pos[rec.rejected], color="tab:red", lw=0.8, ls="--")
-            ax.tick_params(labelsize=7)
-        bottom.set_xlabel("response (by initial rank)", fontsize=7)
-    axes[0, 0].set_ylabel("-G (first step)", fontsize=8)
-    axes[1, 0].set_ylabel("pi(y | x)", fontsize=8)
+        marks = {"tab:green": rec.chosen[0]} | ({"tab:red": rec.rejected[0]} if rec.rejected else {})
+        _panel_pair(axes[0, col], axes[1, col], rec.G_shared, rec.pi_before[0], rec.pi_after[0], marks, steps)
+        axes[0, col].set_title(ALGORITHMS[name].label, fontsize=9)
+        if two:
+            marks = {"tab:red": rec.rejected[-1]} if rec.rejected else {}
+            if rec.rejected and rec.chosen[0] == rec.rejected[0]:  # y+ scored at the same context too
+                marks["tab:green"] = rec.chosen[-1]
+            _panel_pair(axes[2, col], axes[3, col], rec.G_context, rec.pi_before[rec.context],
+                        rec.pi_after[rec.context], marks, steps)
+        axes[-1, col].set_xlabel("token (by initial rank at that context)", fontsize=7)
+    axes[0, 0].set_ylabel("-G, prompt context", fontsize=8)
+    axes[1, 0].set_ylabel("pi(. | prompt)", fontsize=8)
+    if two:
+        axes[2, 0].set_ylabel("-G, y-'s context", fontsize=8)
+        axes[3, 0].set_ylabel("pi(. | prompt, y-_1)", fontsize=8)
     axes[1, 0].legend(fontsize=6)
-    fig.suptitle("Residual G per algorithm (green: y+, red: y-) and the policy before/after", fontsize=10)
+    where = ("rows 1-2: the prompt (y+_1 green, y-_1 red); rows 3-4: y-'s second-token context (y-_2 red)" if two
+             else "one shared softmax (green: y+, red: y-)")
+    fig.suptitle(f"Residual G per algorithm (first step) and pi before/after; {where}", fontsize=10)
     return fig
