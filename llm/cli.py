@@ -6,6 +6,7 @@
     python -m llm train --loss ipo --beta 0.5          # any loss of the toykit registry
     python -m llm eval --probes hh_formal_prob_train.jsonl --model DIR
     python -m llm train --loss dpo --out-dir runs/x --resume   # continue a killed run
+    python -m llm validate --preset cpu                # the paper's claims end to end (see llm.validate)
 """
 
 from __future__ import annotations
@@ -30,20 +31,28 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-command per entry point."""
     parser = argparse.ArgumentParser(prog="python -m llm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    subs = parser.add_subparsers(dest="command", required=True, metavar="{sft,dpo,train,eval}")
+    from llm.validate import ValidateConfig
+
+    subs = parser.add_subparsers(dest="command", required=True, metavar="{sft,dpo,train,eval,validate}")
     helps = {"sft": "supervised finetuning on y+ (or --loss extend: on y+ and y-)",
              "dpo": "direct preference optimisation (toykit loss 'dpo')",
              "train": f"any loss: --loss one of {', '.join(Objective.known())}",
-             "eval": "evaluate every probe type of a probe set on a model"}
+             "eval": "evaluate every probe type of a probe set on a model",
+             "validate": "pretrain -> SFT / extend -> off- and on-policy DPO over seeds; score the paper's claims"}
+    configs = {"eval": EvalConfig, "validate": ValidateConfig}
     for name, text in helps.items():
         sub = subs.add_parser(name, help=text, description=text)  # field help already states the default
-        add_config_arguments(sub, EvalConfig if name == "eval" else TrainConfig)
+        add_config_arguments(sub, configs.get(name, TrainConfig))
     return parser
 
 
 def _config(parser: argparse.ArgumentParser, ns: argparse.Namespace):
     if ns.command == "eval":
         return config_from_namespace(EvalConfig, ns)
+    if ns.command == "validate":
+        from llm.validate import ValidateConfig
+
+        return config_from_namespace(ValidateConfig, ns)
     if ns.command == "train" and ns.loss is None:
         parser.error("train needs --loss NAME; known: " + ", ".join(Objective.known()))
     cfg = config_from_namespace(TrainConfig, ns)
@@ -71,6 +80,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if ns.command == "eval":
             _, run_dir = evaluate(cfg)
+        elif ns.command == "validate":
+            from llm.validate import run_validation
+
+            run_dir, doc = run_validation(cfg)
+            print(f"{doc['held']} of {doc['total']} claims hold in every seed; report: {run_dir / 'report.md'}")
         else:
             run_dir = train(cfg).run_dir
     except NonFiniteLossError as err:

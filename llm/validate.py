@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,12 +111,17 @@ class ValidateConfig:
     progress: bool = field(default=False, metadata={"help": "progress bars of the training phases"})
     threads: int = field(default=1, metadata={
         "help": "torch CPU threads during the run (tiny models are fastest on one; 0 keeps torch's setting)"})
+    time_budget_s: float = field(default=0.0, metadata={
+        "help": "stop before a seed that would not finish within this many seconds (judged from the seeds done); "
+                "the report covers the seeds that finished; 0 = no limit"})
 
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
         if bool(self.model) != bool(self.data):
             raise ValueError(f"--model and --data go together; got model={self.model!r}, data={self.data!r}")
+        if self.time_budget_s < 0:
+            raise ValueError(f"time_budget_s must be >= 0 (0 = no limit), got {self.time_budget_s}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.held_out < 1 or self.num_probes < 2:
@@ -353,27 +359,48 @@ def _mean_rows(seeds: Sequence[SeedResult]) -> list[dict[str, Any]]:
 
 
 def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
-    """Run every seed, score the claims and write the run directory; return it and the claims document."""
+    """Run every seed, score the claims and write the run directory; return it and the claims document.
+
+    The report, claims and mean metrics are rewritten after every seed, so a run that is killed or stopped by
+    ``time_budget_s`` keeps a complete report of the seeds that finished (``summary.json`` says which).
+    """
     preset = PRESETS[cfg.preset]
     run_dir = create_run_dir({"validate": config_to_dict(cfg), "preset": config_to_dict(preset)}, "validate",
                              out_dir=cfg.out_dir, root=cfg.runs_root)
     t0 = time.perf_counter()
     seeds, prop1_results = [], []
+    doc: dict[str, Any] = {}
     threads = torch.get_num_threads()
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        for seed in cfg.seeds:
+        for k, seed in enumerate(cfg.seeds):
+            elapsed = time.perf_counter() - t0
+            if cfg.time_budget_s and k and elapsed + elapsed / k > cfg.time_budget_s:
+                print(f"time budget: stopping after {k} seed(s) ({elapsed:.0f} s of {cfg.time_budget_s:.0f} s)")
+                break
             result, p1 = run_seed(cfg, preset, seed, run_dir / f"seed_{seed}")
             seeds.append(result)
             prop1_results.append(p1)
+            status = "completed" if len(seeds) == len(cfg.seeds) else f"partial: {len(seeds)} seed(s) done"
+            doc = _write_outputs(run_dir, cfg, preset, seeds, prop1_results, time.perf_counter() - t0, status)
     finally:
         torch.set_num_threads(threads)
-    seconds = time.perf_counter() - t0
+    if len(seeds) < len(cfg.seeds):
+        doc = _write_outputs(run_dir, cfg, preset, seeds, prop1_results, time.perf_counter() - t0,
+                             f"stopped by the time budget after {len(seeds)} of {len(cfg.seeds)} seeds")
+    return run_dir, doc
+
+
+def _write_outputs(run_dir: Path, cfg: ValidateConfig, preset: Preset, seeds: Sequence[SeedResult],
+                   prop1_results: list, seconds: float, status: str) -> dict[str, Any]:
+    """(Re)write metrics.jsonl, claims.json, seeds.json, figures, report.md and summary.json for ``seeds``."""
+    done = [r.seed for r in seeds]
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # rewritten whole: this run's own file, never appended
     with MetricsWriter(run_dir / "metrics.jsonl") as writer:
         writer.write_many(_mean_rows(seeds))
     scored = evaluate_claims(seeds, CLAIMS)
-    context = {"preset": cfg.preset, "seeds": list(cfg.seeds), "seconds": seconds,
+    context = {"preset": cfg.preset, "seeds": done, "seconds": seconds,
                "model": cfg.model or f"{preset.arch} from scratch on the synthetic world"}
     doc = claims_document(scored, context)
     write_json(run_dir / "claims.json", doc)
@@ -381,12 +408,12 @@ def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
                                          "extras": r.extras} for r in seeds])
     figures = _figures(run_dir, seeds, prop1_results[0])
     header = (f"# Validation report: do the paper's predictions hold on a real transformer?\n\n"
-              f"Preset `{cfg.preset}`, model: {context['model']}, seeds {list(cfg.seeds)}, "
-              f"{seconds:.0f} s in total. Regenerate with `python -m llm validate --preset {cfg.preset}`.")
+              f"Preset `{cfg.preset}`, model: {context['model']}, seeds {done}, "
+              f"{seconds:.0f} s in total ({status}). Regenerate with `python -m llm validate --preset {cfg.preset}`.")
     (run_dir / "report.md").write_text(report_markdown(doc, seeds, figures, header))
-    write_json(run_dir / "summary.json", {"status": "completed", "seconds": seconds, "held": doc["held"],
-                                          "total": doc["total"]})
-    return run_dir, doc
+    write_json(run_dir / "summary.json", {"status": status, "seeds_done": done, "seconds": seconds,
+                                          "held": doc["held"], "total": doc["total"]})
+    return doc
 
 
 def _figures(run_dir: Path, seeds: Sequence[SeedResult], prop1_results: list) -> dict[str, str]:
@@ -406,8 +433,7 @@ def _figures(run_dir: Path, seeds: Sequence[SeedResult], prop1_results: list) ->
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m llm validate``: parse flags, run, print the run directory and the score."""
-    cfg = parse_config(ValidateConfig, argv, prog="python -m llm validate")
-    run_dir, doc = run_validation(cfg)
-    print(f"{doc['held']} of {doc['total']} claims hold in every seed; report: {run_dir / 'report.md'}")
-    return 0
+    """Entry point of ``python -m llm validate`` (also reachable through ``llm.cli``)."""
+    from llm.cli import main as cli_main
+
+    return cli_main(["validate", *(sys.argv[1:] if argv is None else argv)])

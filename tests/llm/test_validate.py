@@ -94,3 +94,20 @@ def test_reduced_pipeline_runs_end_to_end(tmp_path):
     assert "claims hold in every seed" in report and "prop1_scatter.png" in report
     with pytest.raises(FileExistsError):
         run_validation(ValidateConfig(preset="test", seeds=(0,), out_dir=str(run_dir)))
+
+
+def test_cli_validate_stops_at_the_time_budget_and_keeps_a_complete_report(tmp_path, capsys):
+    from llm.cli import main
+
+    out = tmp_path / "budget"
+    # A budget far below one seed's time: the first seed always runs, the second is skipped.
+    assert main(["validate", "--preset", "test", "--seeds", "0,1", "--time-budget-s", "0.001",
+                 "--out-dir", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds_done"] == [0]
+    assert summary["status"].startswith("stopped by the time budget after 1 of 2 seeds")
+    claims = json.loads((out / "claims.json").read_text())
+    assert claims["seeds"] == [0] and claims["total"] >= 14
+    assert (out / "report.md").read_text().count("stopped by the time budget") == 1
+    assert not (out / "seed_1").exists()
+    assert "claims hold in every seed" in capsys.readouterr().out
