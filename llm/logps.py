@@ -40,12 +40,18 @@ class SequenceLogps:
 
 
 def _scored(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor):
-    """Log-softmax (float32) at the scored positions only: prompts and padding never reach the softmax."""
+    """Log-softmax at the scored positions only: prompts and padding never reach the softmax.
+
+    Half-precision logits are upcast to float32; float32 and float64 keep their dtype (Prop. 1 checks run in float64).
+    """
     if logits.dim() != 3 or logits.shape[:2] != input_ids.shape or input_ids.shape != response_mask.shape:
         raise ValueError(f"expected logits (N, L, V) and input_ids / response_mask (N, L); got "
                          f"{tuple(logits.shape)}, {tuple(input_ids.shape)}, {tuple(response_mask.shape)}")
     mask = response_mask[:, 1:].bool()  # (N, L-1): logits at l predict token l + 1
-    log_pi = torch.log_softmax(logits[:, :-1][mask].float(), dim=-1)  # (T, V), T scored tokens in the batch
+    scored = logits[:, :-1][mask]  # (T, V), T scored tokens in the batch
+    if scored.dtype in (torch.float16, torch.bfloat16):
+        scored = scored.float()
+    log_pi = torch.log_softmax(scored, dim=-1)  # (T, V)
     targets = input_ids[:, 1:][mask]  # (T,)
     owner = mask.nonzero()[:, 0]  # (T,) sequence of each scored token
     return log_pi, targets, mask, owner
@@ -70,7 +76,7 @@ def logps_from_logits(logits: torch.Tensor, input_ids: torch.Tensor, response_ma
     log_pi, targets, mask, owner = _scored(logits, input_ids, response_mask)
     values = log_pi.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (T,)
     token = torch.zeros(mask.shape, dtype=values.dtype, device=values.device).masked_scatter(mask, values)  # (N, L-1)
-    lengths = mask.sum(dim=1).to(torch.float32)  # (N,)
+    lengths = mask.sum(dim=1).to(values.dtype)  # (N,)
     summed = token.sum(dim=1)
     return SequenceLogps(summed, summed / lengths.clamp_min(1.0), token, lengths)
 

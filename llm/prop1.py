@@ -25,6 +25,7 @@ import torch
 from torch.func import functional_call, jvp
 
 from llm.encoding import EncodedBatch, TruncationPolicy, collate, encode_sequence
+from llm.logps import logps_from_logits
 from toykit.losses import compute_loss, get_loss
 from toykit.runs import write_json
 
@@ -121,9 +122,7 @@ def summed_logps(model: torch.nn.Module, params: dict[str, torch.Tensor], batch:
     Math: sum_m log pi(y_m | x, y_<m), teacher forcing; position l predicts token l + 1.
     """
     logits = functional_call(model, params, (batch.input_ids,), {"attention_mask": batch.attention_mask}).logits
-    logp = torch.log_softmax(logits[:, :-1], dim=-1)  # (N, L-1, V)
-    token = logp.gather(-1, batch.input_ids[:, 1:, None]).squeeze(-1)  # (N, L-1)
-    return (token * batch.response_mask[:, 1:].to(token.dtype)).sum(dim=1)
+    return logps_from_logits(logits, batch.input_ids, batch.response_mask).summed  # the engine's one reduction
 
 
 def _chunks(batch: EncodedBatch, size: int):
