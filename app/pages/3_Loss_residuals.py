@@ -13,8 +13,10 @@ st.markdown(
     "Every algorithm moves the model through its residual G = dL/dz, the only factor of -eta A K G that the loss "
     "controls. On one toy response space (responses share attributes, so learning one moves similar ones) this page "
     "draws G and the distribution after a few steps for SFT, off-policy DPO (y- in a valley), on-policy DPO/IPO, "
-    "SPIN, SPPO, SLiC, DPOP, SimPO and RPO. It illustrates Section 3 and Figure 2: a negative gradient on a valley "
-    "y- squeezes mass into the argmax, while on-policy negatives land on likely responses."
+    "SPIN, SPPO, SLiC, DPOP, SimPO and RPO. Responses are two tokens, as in a language model: the second token is "
+    "predicted at a context set by the first, so y+ and y- are scored at different contexts. It illustrates Section 3 "
+    "and Figure 2: a negative gradient on a valley y- squeezes mass into the argmax of y-'s own context, while "
+    "on-policy negatives land on likely responses."
 )
 
 ALGORITHM_NAMES = list(loss_residuals.ALGORITHMS)
@@ -60,11 +62,12 @@ except ValueError as err:
     st.stop()
 
 cols = st.columns(4)
-cols[0].metric("responses V", start["num_responses"])
+cols[0].metric(f"tokens V = {start['vocab']}", f"{start['num_responses']} responses of {start['length']} tokens")
 cols[1].metric(f"initial argmax = {start['initial_argmax']}", f"pi = {start['initial_pi_argmax']:.3f}")
 cols[2].metric(f"dataset y+ = {start['dataset_chosen']}", f"pi = {start['initial_pi_chosen']:.3g}")
 cols[3].metric(f"dataset y- = {start['dataset_rejected']}", f"pi = {start['initial_pi_rejected']:.3g}")
-st.image(figure, caption="One column per algorithm: G at the first step, and pi before vs after the steps.")
+st.image(figure, caption="One column per algorithm: G at the first step and pi before vs after the steps, at the shared "
+                         "prompt context and at y-'s own second-token context.")
 st.subheader(f"After {steps} step(s): where the mass went")
 st.caption(start.get("note", ""))
 st.dataframe(table, width="stretch")
