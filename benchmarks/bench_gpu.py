@@ -74,7 +74,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     add("--probe-batch-sizes", default="16,64", help="comma-separated probe batch sizes (the engine's default: 16)")
     add("--greedy-max-new-tokens", type=int, default=_GPU.greedy_max_new_tokens,
         help="length of the greedy probe (the gpu preset's); 0 skips the with-greedy measurement")
-    add("--probe-repeats", type=int, default=3, help="timed probe evaluations (median reported)")
+    add("--probe-repeats", type=int, default=2, help="timed probe evaluations (median reported)")
     add("--lr", type=float, default=_GPU.sft_lr, help="learning rate of the timed steps")
     add("--peak-tflops", type=float, default=989.0, help="datasheet dense bf16 peak (H100/H200 SXM: 989)")
     add("--matmul-size", type=int, help=f"n of the n x n x n bf16 matmul peak (default {_FULL['matmul_size']})")
@@ -252,8 +252,8 @@ def bench_probes(args, model, device: torch.device) -> dict:
             row[label] = {"seconds": seconds, "sequences": sequences, "tokens": tokens,
                           "sequences_per_second": sequences / seconds, "tokens_per_second": tokens / seconds,
                           "prompts_per_second": len(probes) / seconds}
-            if greedy:
-                row[label]["greedy_max_new_tokens"] = greedy
+            if greedy:  # plus one greedy decoding (and its re-scoring) per prompt, not counted above
+                row[label].update(greedy_max_new_tokens=greedy, greedy_prompts_decoded=len(probes))
         out["by_batch_size"][str(batch_size)] = row
     return out
 
