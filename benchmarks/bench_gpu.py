@@ -259,8 +259,10 @@ def bench_probes(args, model, device: torch.device) -> dict:
 
 
 def _exact_command() -> str:
-    prefix = f"PYTHONPATH={shlex.quote(os.environ['PYTHONPATH'])} " if os.environ.get("PYTHONPATH") else ""
-    return prefix + shlex.join(["python3", *sys.argv])
+    """The command line, relative to the repository root (run from there with PYTHONPATH=.)."""
+    root = Path(__file__).resolve().parents[1]
+    args = [os.path.relpath(a, root) if os.path.isabs(a) and a.startswith(str(root)) else a for a in sys.argv]
+    return "PYTHONPATH=. " + shlex.join(["python3", *args])
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -88,6 +88,8 @@ class TrainConfig(_ModelData):
     max_examples: int | None = _f(None, "stop once this many training examples were seen (before the epochs end)")
     eval_every: int = _f(1000, "evaluate the probes every this many training examples (plus at step 0 and the end)")
     checkpoint_every: int = _f(0, "save a resumable checkpoint every this many steps (0: only at the end)")
+    checkpoint_at_end: bool = _f(True, "save a checkpoint (model + optimizer state) when the run completes; runs "
+                                       "chained in-process (validation phases) skip it")
     reference: Literal["precomputed", "per_step"] = _f("precomputed", "reference log-probs: computed once for the "
                                                        "dataset, or a frozen model's forward pass every step")
     beta: float | None = _f(None, "beta: inverse temperature of the implicit reward (default: the loss's, 0.1)")

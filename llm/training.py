@@ -263,8 +263,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     writer.close()
     if not world.is_main:
         return TrainResult(run_dir, model, tok, "completed", step, seen, None, summary)
-    save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step, examples_seen=seen,
-                    metrics_path=metrics_path)
+    if cfg.checkpoint_at_end:
+        save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                        examples_seen=seen, metrics_path=metrics_path)
     if cfg.save_model:
         model.save_pretrained(str(run_dir / "model"))
         tok.save_pretrained(str(run_dir / "model"))

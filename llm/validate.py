@@ -66,6 +66,7 @@ class Preset:
     beta: float = 0.1
     batch_size: int = 8
     eval_every: int = 60
+    probe_batch_size: int = 16
     greedy_max_new_tokens: int = 24
     onpolicy_samples: int = 4
     temperature: float = 1.0
@@ -87,7 +88,7 @@ PRESETS: dict[str, Preset] = {
     "gpu": Preset(WorldConfig(n_entities=200, n_probes=256, docs_per_entity=8, n_unrelated=4000),
                   arch="llama", hidden=768, layers=10, heads=12, pretrain_epochs=30, pretrain_lr=1e-3,
                   pretrain_batch=64, sft_lr=1e-4, dpo_lr=1e-4, batch_size=16, eval_every=400, prop1_probes=32,
-                  bf16=True),
+                  probe_batch_size=128, bf16=True),
 }
 
 
@@ -129,7 +130,7 @@ class ValidateConfig:
 
 
 def pretrain(model, tokenizer, texts: Sequence[str], *, epochs: int, lr: float, batch_size: int, seed: int,
-             device: torch.device) -> list[float]:
+             device: torch.device, bf16: bool = False) -> list[float]:
     """Train ``model`` from scratch as a language model on ``texts`` (each ends with eos); return epoch losses.
 
     Math: minimise the mean next-token cross-entropy over all non-pad tokens (AdamW, 5% linear warm-up).
@@ -152,7 +153,8 @@ def pretrain(model, tokenizer, texts: Sequence[str], *, epochs: int, lr: float, 
             for n, s in enumerate(batch):
                 ids[n, : len(s)], attn[n, : len(s)] = torch.tensor(s), 1
             labels = ids.masked_fill(attn == 0, -100)
-            loss = model(input_ids=ids.to(device), attention_mask=attn.to(device), labels=labels.to(device)).loss
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+                loss = model(input_ids=ids.to(device), attention_mask=attn.to(device), labels=labels.to(device)).loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -255,6 +257,7 @@ class _Phases:
                           eval_every=p.eval_every, beta=p.beta if loss != "extend" and loss != "sft" else None,
                           held_out=0, num_probes=len(self.probes), greedy_max_new_tokens=p.greedy_max_new_tokens,
                           dtype=p.dtype, bf16=p.bf16, device=self.device, seed=self.seed, save_model=False,
+                          checkpoint_at_end=False, probe_batch_size=p.probe_batch_size,
                           progress=self.progress, out_dir=str(self.dir / name))
         result = train(cfg, model=copy.deepcopy(start_model), tokenizer=self.tok, pairs=list(pairs),
                        probes=self.probes)
@@ -306,7 +309,7 @@ def run_seed(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path) -> 
                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         extras["pretrain_losses"] = pretrain(base, tok, world.corpus, epochs=preset.pretrain_epochs,
                                              lr=preset.pretrain_lr, batch_size=preset.pretrain_batch, seed=seed,
-                                             device=device)
+                                             device=device, bf16=preset.bf16)
         judge = Judge(world)
         prompts = [p["prompt"] for p in world.probes]
         y_init = [s[0] for s in sample_responses(base, tok, prompts, k=1, max_new_tokens=preset.greedy_max_new_tokens,
