@@ -125,3 +125,25 @@ def test_target_change_sets_eta_from_the_largest_predicted_change(setup):
                     Prop1Config(loss="sft", target_change=0.02, n_steps=1, sweep_factors=(1.0, 4.0)))
     assert abs(res.predicted[0]).max() == pytest.approx(0.02, rel=1e-9)
     assert res.sweep_etas == pytest.approx((res.eta, 4 * res.eta))
+
+
+def test_full_precision_keeps_llama_norms_and_softmax_in_float64():
+    from llm.prop1 import full_precision
+
+    model = tiny_model("llama", 50, hidden=32, layers=1, heads=2, seed=0, dtype="float64").eval()
+    norm = next(m for m in model.modules() if type(m).__name__.endswith("RMSNorm"))
+    x = torch.randn(3, 5, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 7.3
+    exact = norm.weight * x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
+    # transformers rounds through float32 (a guard meant for half precision): visible at float64 resolution.
+    assert (norm(x) - exact).abs().max() > 1e-10
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        rounded = model(input_ids=ids).logits
+        with full_precision(model):
+            assert (norm(x) - exact).abs().max() < 1e-13
+            probs = torch.nn.functional.softmax(x, dim=-1, dtype=torch.float32)
+            assert probs.dtype == torch.float64
+            full = model(input_ids=ids).logits
+    assert torch.nn.functional.softmax(x, dim=-1, dtype=torch.float32).dtype == torch.float32  # restored
+    assert (norm(x) - exact).abs().max() > 1e-10  # restored
+    assert 0 < (full - rounded).abs().max() < 1e-5  # the same function, without the float32 rounding
