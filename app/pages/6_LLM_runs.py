@@ -51,6 +51,10 @@ if not found:
           f"or `python -m llm validate --preset cpu`, or type another folder in the sidebar.")
 
 names = {str(Path(d).relative_to(folder)) if Path(d) != Path(folder) else Path(d).name: d for d in found}
+if st.session_state.get("runs_folder") != folder:  # a new folder: start from its default selections
+    st.session_state["runs_folder"] = folder
+    for key in ("runs", "phase", "probes"):
+        st.session_state.pop(key, None)
 with st.sidebar:
     chosen = st.multiselect("Runs to show (several to compare)", list(names), default=list(names)[:2], key="runs")
     reduction = st.radio("Log-prob of a response", list(REDUCTION_LABELS), key="reduction",

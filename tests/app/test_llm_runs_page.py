@@ -84,3 +84,14 @@ def test_paper_curves_overlay_and_bad_paper_file(run_folder, shared_data, tmp_pa
     at.text_input(key="paper_path").set_value(str(bad)).run()
     assert_no_exception(at)
     assert any("bad.jsonl:2" in e.value for e in at.error)
+
+
+def test_changing_the_folder_selects_that_folders_runs(run_folder, tmp_path):
+    from tests.app.harness import write_tidy_run
+
+    other = tmp_path / "other"
+    write_tidy_run(other / "only", decay=1.0)
+    at = run_page(PAGE, folder=str(run_folder))  # the default folder first, then this one, as a user would
+    assert at.multiselect(key="runs").value == ["baseline", "extend"] and not at.error
+    at.text_input(key="folder").set_value(str(other)).run()
+    assert at.multiselect(key="runs").value == ["only"] and not at.error
