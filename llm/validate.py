@@ -37,7 +37,7 @@ from llm.runs import read_run_metrics
 from llm.tokenization import build_word_tokenizer, load_tokenizer
 from llm.training import train
 from llm.world import PROBE_KEYS, World, WorldConfig, build_world, save_world
-from toykit.configs import config_to_dict, parse_config
+from toykit.configs import config_to_dict
 from toykit.runs import MetricsWriter, create_run_dir, write_json
 
 __all__ = ["Preset", "PRESETS", "ValidateConfig", "pretrain", "sample_responses", "greedy_responses",

@@ -13,15 +13,6 @@ from llm.world import PROBE_KEYS, WorldConfig, build_world
 TYPES = [k for k in PROBE_KEYS if k != "prompt"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest (and without oversubscription) on one CPU thread; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup():
     world = build_world(WorldConfig(seed=1, n_entities=8, n_probes=4, docs_per_entity=1, n_unrelated=10))

@@ -31,7 +31,7 @@ from toykit.experiments._common import (check_at_least, check_choice, check_posi
                                         save_figure, write_metrics, write_summary)
 from toykit.losses import compute_loss
 from toykit.models import MLP, SmallConvNet
-from toykit.ntk import empirical_ntk, trainable_params
+from toykit.ntk import empirical_ntk
 from toykit.residuals import residual
 from toykit.softmax import log_softmax, log_softmax_jacobian
 
