@@ -8,6 +8,7 @@ probes = the first 500 training examples evaluated every 1000 examples.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import field
 from typing import Literal
 
@@ -110,6 +111,8 @@ class TrainConfig(_ModelData):
         for name in ("batch_size", "grad_accum", "epochs", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (math.isfinite(self.lr) and math.isfinite(self.max_grad_norm)):
+            raise ValueError(f"lr and max_grad_norm must be finite numbers, got {self.lr}, {self.max_grad_norm}")
         if self.lr <= 0 or self.max_grad_norm < 0 or self.warmup_steps < 0 or self.checkpoint_every < 0:
             raise ValueError(f"need lr > 0, max_grad_norm >= 0, warmup_steps >= 0, checkpoint_every >= 0; got "
                              f"{self.lr}, {self.max_grad_norm}, {self.warmup_steps}, {self.checkpoint_every}")

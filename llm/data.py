@@ -108,7 +108,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """Read a JSONL file into (line number, object) pairs; a malformed line raises ValueError naming file and line."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"data file {path} does not exist")
+        raise ValueError(f"data file {path} " + ("is a directory, not a JSONL file" if path.is_dir() else "does not exist"))
     records = []
     with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
@@ -238,7 +238,7 @@ def probe_set_from_records(records: Sequence[tuple[int, dict[str, Any]]], source
     """Build a ProbeSet from records in the paper's probe format (or TRL pairs, whose missing types are derived)."""
     first_keys = [k for k in PROBE_TYPES if k in records[0][1]]
     for lineno, rec in records:
-        missing = [k for k in ["prompt", *first_keys] if k not in rec]
+        missing = [k for k in dict.fromkeys(["prompt", "chosen", *first_keys]) if k not in rec]
         if missing:
             raise ValueError(f"{source}:{lineno}: missing key(s) {missing}; found keys {sorted(rec)}")
         bad = [k for k in ["prompt", *first_keys] if not isinstance(rec[k], str)]
@@ -293,9 +293,11 @@ def synthetic_pairs(num: int, seed: int = 0) -> list[PreferencePair]:
     preference; prompts are distinct while ``num`` <= 400.
     """
     rng = np.random.default_rng(seed)
+    # Distinct (a, b) while num <= 400 (then cycling), so y+ of "another prompt" is never the same question.
+    order = rng.permutation(400)
     pairs = []
-    for _ in range(num):
-        a, b = (int(v) for v in rng.integers(0, 20, size=2))
+    for k in range(num):
+        a, b = divmod(int(order[k % 400]), 20)
         wrong = a + b + int(rng.integers(1, 5))
         pairs.append(PreferencePair(f"\n\nHuman: What is {a} plus {b}?{ASSISTANT_TAG}",
                                     f" {a} plus {b} is {a + b}.", f" I think it is {wrong}, maybe."))

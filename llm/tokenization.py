@@ -87,4 +87,9 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBa
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local directory (or a hub id) and check its pad/eos tokens."""
-    return check_tokenizer(AutoTokenizer.from_pretrained(name_or_path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot load a tokenizer from {name_or_path!r}: not a local tokenizer directory, and "
+                         f"no hub id reachable offline ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    return check_tokenizer(tokenizer)

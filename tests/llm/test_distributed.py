@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 # Global batch 6 = batch_size 2 x grad_accum 3: each of 2 ranks takes 3 pairs (micro-batches of 2 and 1); the last
 # step of the epoch has 2 pairs (1 per rank), so uneven shards and accumulation are both exercised.
 _FIELDS = dict(loss="dpo", num_synthetic=24, held_out=4, num_probes=4, tiny_hidden=32, tiny_vocab_size=300,
-               batch_size=2, grad_accum=3, max_prompt_tokens=32, max_response_tokens=16, lr=3e-3, epochs=1,
+               batch_size=2, grad_accum=3, max_prompt_tokens=32, max_response_tokens=16, lr=0.5, epochs=1,
+               optimizer="sgd",  # linear in the gradient: Adam-style division turns summation-order noise into +-lr
                eval_every=6, checkpoint_every=2, progress=False, save_model=True)
 
 

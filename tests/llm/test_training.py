@@ -1,5 +1,6 @@
 """llm.training: DPO at step 0, SFT/DPO directions, reference modes, accumulation, epochs, every loss, every arch."""
 
+import copy
 import dataclasses
 import json
 import math
@@ -82,6 +83,21 @@ def test_warmup_and_clipping_are_applied(tmp_path):
                                   eval_every=100)).run_dir)
     assert [r["learning_rate"] for r in rows] == pytest.approx([1e-3, 2e-3, 3e-3])
     assert all(r["grad_norm"] > 1e-3 for r in rows)  # the pre-clip norm is logged; the step used the clipped one
+
+
+def test_clipping_bounds_the_sgd_step(tmp_path):
+    # One SGD step from the same start with and without a clip: the clipped update has norm lr * max_grad_norm.
+    first = train(_cfg(tmp_path, "start", max_examples=4, eval_every=100, optimizer="sgd", lr=1e-9))
+    deltas = {}
+    for name, clip in (("clip", 1e-3), ("free", 0.0)):
+        start = copy.deepcopy(first.model)
+        before = torch.cat([p.detach().flatten().clone() for p in start.parameters()])
+        result = train(_cfg(tmp_path, name, max_examples=4, eval_every=100, optimizer="sgd", lr=3e-3,
+                            max_grad_norm=clip), model=start, tokenizer=first.tokenizer)
+        after = torch.cat([p.detach().flatten() for p in result.model.parameters()])
+        deltas[name] = float((after - before).norm())
+    assert deltas["clip"] == pytest.approx(3e-3 * 1e-3, rel=1e-3)
+    assert deltas["free"] > 10 * deltas["clip"]
 
 
 @pytest.mark.parametrize("loss", [*loss_names(), "extend"])
