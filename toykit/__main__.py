@@ -7,6 +7,8 @@ Each command is a module that provides ``NAME``, ``HELP``, ``add_arguments(parse
 from __future__ import annotations
 
 import argparse
+
+from toykit.configs import HelpFormatter
 from typing import Any, Sequence
 
 from toykit import squeeze_demo
@@ -22,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS:
         sub = subparsers.add_parser(module.NAME, help=module.HELP, description=module.HELP,
-                                    formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                    formatter_class=HelpFormatter)
         module.add_arguments(sub)
         sub.set_defaults(_module=module, _parser=sub)
     return parser

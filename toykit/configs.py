@@ -17,7 +17,17 @@ from typing import Any, Sequence, TypeVar
 
 C = TypeVar("C")
 
-__all__ = ["parse_config", "config_to_dict", "config_from_dict", "load_config", "add_config_arguments"]
+__all__ = ["parse_config", "config_to_dict", "config_from_dict", "load_config", "add_config_arguments",
+           "HelpFormatter"]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show argparse defaults, except the ``None`` of config flags (their help already states the field default)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def config_to_dict(cfg: Any) -> dict[str, Any]:
@@ -164,7 +174,7 @@ def parse_config(cls: type[C], argv: Sequence[str] | None = None, prog: str | No
                  description: str | None = None) -> C:
     """Parse a command line into ``cls``; bad values exit with status 2 and a one-line message."""
     parser = argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip(),
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_config_arguments(parser, cls)
     ns = parser.parse_args(argv)
     try:

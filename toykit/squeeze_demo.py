@@ -5,7 +5,7 @@ lr_plus * (-log pi(y+)) + lr_minus * log pi(ybar)) and compares the result with 
 ``toykit.squeeze``. The draws follow the notebook (``np.random.seed(10086)``, then x, W_uniform, W_flat, the peaky
 W and panel E's x and W, in that order), so a legacy ``RandomState`` reproduces its distributions.
 
-    A  positive gradient on one label, uniform W (lr 0.5)
+    A  positive gradient on one label, random W (the notebook calls it W_uniform; lr 0.5)
     B  negative gradient on a flat pi (lr 0.3)
     C  negative gradient on the PEAK of a peaky pi (lr 0.5)
     D  negative gradient on a VALLEY label of a peaky pi (lr 0.5); optionally plus a positive gradient on another
@@ -34,7 +34,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from toykit.configs import add_config_arguments, config_from_namespace
+from toykit.configs import HelpFormatter, add_config_arguments, config_from_namespace
 from toykit.runs import create_run_dir, write_json
 from toykit.squeeze import positive_contrast, positive_step, rise_threshold, squeeze_claims, squeeze_step
 
@@ -246,7 +246,7 @@ def run(cfg: SqueezeDemoConfig) -> SqueezeDemoResult:
 
     peak = int(np.argmax(_softmax(w_peaky @ x))) if cfg.label_c is None else cfg.label_c
     panels = [
-        _panel("A", f"A: positive gradient on y={cfg.label_a} (uniform W, lr {cfg.lr_a:g})", w_uniform, x,
+        _panel("A", f"A: positive gradient on y={cfg.label_a} (random W, the notebook's W_uniform; lr {cfg.lr_a:g})", w_uniform, x,
                y_plus=cfg.label_a, lr_plus=cfg.lr_a),
         _panel("B", f"B: negative gradient on ybar={cfg.label_b} (flat pi, lr {cfg.lr_b:g})", w_flat, x,
                ybar=cfg.label_b, lr_minus=cfg.lr_b),
@@ -363,7 +363,10 @@ def run_from_namespace(ns: argparse.Namespace, parser: argparse.ArgumentParser) 
         cfg = config_from_namespace(SqueezeDemoConfig, ns)
     except ValueError as err:
         parser.error(str(err))
-    run_dir = execute(cfg, ns.out_dir)
+    try:
+        run_dir = execute(cfg, ns.out_dir)
+    except FileExistsError as err:
+        parser.error(str(err))
     print(run_dir)
     return run_dir
 
@@ -371,6 +374,6 @@ def run_from_namespace(ns: argparse.Namespace, parser: argparse.ArgumentParser) 
 def main(argv: Sequence[str] | None = None) -> Path:
     """Entry point of ``python -m toykit squeeze``: parse ``argv``, write the run, print its directory."""
     parser = argparse.ArgumentParser(prog="python -m toykit squeeze", description=HELP,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_arguments(parser)
     return run_from_namespace(parser.parse_args(argv), parser)

@@ -42,7 +42,7 @@ def _run(algorithms, peakiness, valley_quantile, eta, steps, beta, seed):
 with st.sidebar:
     algorithms = st.multiselect("Algorithms", ALGORITHM_NAMES, default=list(DEFAULTS.algorithms), key="algorithms",
                                 format_func=lambda name: loss_residuals.ALGORITHMS[name].label)
-    peakiness = st.slider("Peakiness of the initial pi", 0.0, 5.0, DEFAULTS.peakiness, 0.25, key="peakiness")
+    peakiness = st.slider("Peakiness of the initial pi", 0.25, 5.0, DEFAULTS.peakiness, 0.25, key="peakiness")
     valley_quantile = st.slider("Rank of the off-policy y- (quantile; 1 = deepest valley)", 0.0, 1.0,
                                 DEFAULTS.valley_quantile, 0.05, key="valley_quantile")
     eta = st.select_slider("Learning rate eta", sorted({0.1, 0.5, 1.0, 2.0, 5.0, DEFAULTS.eta}), value=DEFAULTS.eta,

@@ -106,9 +106,13 @@ def test_config_file_then_flags_override(tmp_path):
     assert panels["B"]["lr_minus"] == 0.9 and panels["A"]["y_plus"] == 3 and len(panels["E"]["pi_before"]) == 40
 
 
-def test_an_existing_run_is_never_overwritten(run_dir):
-    with pytest.raises(FileExistsError, match="already holds a run"):
+def test_an_existing_run_is_never_overwritten(run_dir, capsys):
+    before = (run_dir / "squeeze.json").read_bytes()
+    with pytest.raises(SystemExit) as exc:  # a clear one-line error, not a traceback
         toykit_main(["squeeze", "--out-dir", str(run_dir)])
+    assert exc.value.code == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (run_dir / "squeeze.json").read_bytes() == before
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Sequence
 
-from toykit.configs import add_config_arguments, config_from_namespace
+from toykit.configs import HelpFormatter, add_config_arguments, config_from_namespace
 from toykit.experiments import get_experiment, registry, run_experiment
 from toykit.runs import DEFAULT_RUNS_ROOT
 
@@ -50,7 +50,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 2
     parser = argparse.ArgumentParser(prog=f"{PROG} {name}", description=module.DESCRIPTION,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                     formatter_class=HelpFormatter)
     add_config_arguments(parser, module.Config)
     parser.add_argument("--out-dir", dest="_out_dir", metavar="DIR", default=None,
                         help="run directory to create (must not already hold a run)")

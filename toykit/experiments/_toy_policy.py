@@ -195,7 +195,7 @@ def loss_gradient(z: Tensor, y_chosen: Tensor, y_rejected: Tensor, ref_chosen_lo
     Returns:
         G: (S, 2, V) float64, G[:, 0] = dL/dz(x+), G[:, 1] = dL/dz(x-).
 
-    Math: G_c = -(dL/dlp_c) (e_{y_c} - pi_c) (PAPER.md section 3); computed here by autograd.
+    Math: G_c = -(dL/dlp_c) (pi_c - e_{y_c}) (PAPER.md section 3); computed here by autograd.
     References: PAPER.md sections 2-3.
     """
     z = z.detach().requires_grad_(True)

@@ -158,7 +158,8 @@ def _claims(pi: np.ndarray, ybar: int, y_plus: int, c: float) -> list[dict[str, 
         found = squeeze.squeeze_claims(pi, ybar, c)
         rows += [
             {"claim": "1. pi(ybar) decreases", "measured": f"{found.pi_ybar_before:.4g} -> {found.pi_ybar_after:.4g}",
-             "holds": bool(found.claim1_ybar_decreases)},
+             # pi(ybar) = 1 in float64 leaves no room to see a decrease: unresolved, not a failure
+             "holds": None if float(found.pi_ybar_before) >= 1.0 - 1e-15 else bool(found.claim1_ybar_decreases)},
             {"claim": "2. pi(y*) increases (y* = argmax of the others)",
              "measured": f"y*={int(found.y_star)}: {found.pi_ystar_before:.4g} -> {found.pi_ystar_after:.4g}",
              "holds": bool(found.claim2_ystar_increases)},
@@ -173,11 +174,14 @@ def _claims(pi: np.ndarray, ybar: int, y_plus: int, c: float) -> list[dict[str, 
                      "holds": bool(found.claim4_jensen_bound_holds)})
         gain = float(squeeze.ystar_conditional_log_gain(pi, ybar, c))
         gain_2c = float(squeeze.ystar_conditional_log_gain(pi, ybar, 2 * c))
-        valley = resolve_label("valley", pi, exclude=int(found.y_star))
-        gain_valley = float(squeeze.ystar_conditional_log_gain(pi, valley, c))
+        # Claim 5 compares the SAME rest of the distribution with less mass on ybar: halve pi(ybar) and give the
+        # freed mass to the other labels in their current proportions (a different ybar would change y* and the rest).
+        halved = pi * (1.0 - pi[ybar] / 2.0) / max(1.0 - pi[ybar], 1e-300)
+        halved[ybar] = pi[ybar] / 2.0
+        gain_half = float(squeeze.ystar_conditional_log_gain(halved, ybar, c))
         rows.append({"claim": "5. a larger c and a smaller pi(ybar) squeeze harder (y*'s share of the rest)",
-                     "measured": f"log-gain {gain:.3g}; with 2c {gain_2c:.3g}; with ybar = valley {gain_valley:.3g}",
-                     "holds": gain_2c >= gain and gain_valley >= gain - 1e-12})
+                     "measured": f"log-gain {gain:.3g}; with 2c {gain_2c:.3g}; with pi(ybar) halved {gain_half:.3g}",
+                     "holds": gain_2c >= gain - 1e-12 and gain_half >= gain - 1e-12})
     if y_plus >= 0:
         contrast = squeeze.positive_contrast(pi, y_plus, c)
         rows.append({"claim": "contrast: a positive step raises y+ and the rich lose most",
@@ -212,7 +216,8 @@ def run(cfg: Config) -> Result:
         "pi_ystar": [float(traj[0, y_star]), float(traj[-1, y_star])],
         "pi_ybar": [float(traj[0, ybar]), float(traj[-1, ybar])] if ybar >= 0 else None,
         "pi_y_plus": [float(traj[0, y_plus]), float(traj[-1, y_plus])] if y_plus >= 0 else None,
-        "threshold_first_step": threshold, "claims_held": sum(r["holds"] for r in claims), "claims": len(claims),
+        "threshold_first_step": threshold, "claims_held": sum(r["holds"] is True for r in claims),
+        "claims": sum(r["holds"] is not None for r in claims),
     }
     return Result(cfg, traj, ybar, y_plus, y_star, rose, threshold, claims, summary)
 
