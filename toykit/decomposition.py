@@ -139,6 +139,9 @@ def _prepare(model, x_o, x_u, y_u, loss, eta, y_rejected, reference, preconditio
     if not spec.paired and y_rejected is not None:
         raise ValueError(f"decompose: loss {loss!r} takes one response; got y_rejected = {y_rejected!r}")
     y_rej = _label(y_rejected, V, "y_rejected", z_u) if spec.paired else None
+    if y_rej is not None and bool((y_rej == y_u).all()):
+        raise ValueError(f"decompose: y_rejected = y_u = {int(y_u[0])}; a paired loss needs two different labels "
+                         "(the same label makes G identically zero)")
     refs = {}
     if spec.uses_reference:
         # Default reference = the model itself at the start of the step, so the log-ratio h is 0 (TRL's setup).

@@ -163,3 +163,11 @@ def test_bad_input_raises_value_error_saying_what_and_where():
         eta_sweep(model, x_o, x_u, 0, [0.1])
     with pytest.raises(ValueError, match="second moment"):
         diagonal_preconditioner({"w": -torch.ones(2, dtype=F64)})
+
+
+def test_paired_loss_with_the_same_label_twice_is_refused():
+    torch.manual_seed(0)
+    model = LinearSoftmax(3, 4).double()
+    x = torch.randn(2, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="two different labels"):
+        decompose(model, x, x[:1], 1, loss="dpo", eta=0.1, y_rejected=1)

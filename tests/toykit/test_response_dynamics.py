@@ -79,6 +79,12 @@ def test_summary_lists_each_claim_with_a_measured_value(small_result):
     assert small_result.summary["claims_held"] == sum(c["held"] for c in claims)
     for c in claims:
         assert c["measured"] and isinstance(c["held"], bool) and c["reference"].startswith("PAPER.md")
+    held = {c["claim"]: c["held"] for c in claims}
+    # Pinned: the directions a step of each loss produces in this toy (SFT descends -lp+ and shares structure across
+    # prompts; DPO widens the margin and squeezes the argmax). A regression in the simulator flips one of these.
+    for claim in ("SFT raises log pi(y+)", "SFT raises the y+ of other training prompts",
+                  "DPO: y- falls, faster than y+ (the margin grows)", "DPO raises the argmax response (squeezing)"):
+        assert held[claim], claim
 
 
 def test_same_seed_gives_identical_metrics_files(tmp_path):
