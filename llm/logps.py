@@ -159,7 +159,8 @@ def greedy_decode(model, prompts: Sequence[EncodedSequence], *, max_new_tokens: 
                   eos_token_id: int | None) -> tuple[list[EncodedSequence], SequenceLogps]:
     """Decode greedily (free-running argmax, no teacher forcing) from each prompt and score the result.
 
-    Prompts are left-padded for ``model.generate``; each continuation is cut after its first eos. The returned
+    Prompts are left-padded for ``model.generate``; each continuation is cut after its first eos (kept: a model
+    whose argmax is eos at once gets the one-token response [eos]). The returned
     sequences are re-scored right-padded with ``sequence_logps``, giving the model's own log-prob of its greedy
     response (summed and mean). This is NOT the teacher-forced argmax of ``response_statistics``.
 
@@ -176,7 +177,7 @@ def greedy_decode(model, prompts: Sequence[EncodedSequence], *, max_new_tokens: 
         ids[n, width - len(p.prompt_ids):] = torch.tensor(p.prompt_ids, dtype=torch.long)
         attn[n, width - len(p.prompt_ids):] = 1
     out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
-                         max_new_tokens=max_new_tokens, min_new_tokens=1, pad_token_id=pad_token_id,
+                         max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
                          eos_token_id=eos_token_id, num_beams=1)
     new = out[:, width:].tolist()
     decoded = []

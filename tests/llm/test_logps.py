@@ -84,3 +84,20 @@ def test_greedy_decoding_equals_a_naive_argmax_loop(gpt2, tokenizer, pairs, poli
                 break
         assert list(decoded[n].response_ids) == out
         assert math.isclose(float(lp.summed[n]), total, rel_tol=1e-5)
+
+
+def test_greedy_decoding_may_stop_at_once_when_eos_is_the_argmax(gpt2, tokenizer, pairs, policy):
+    # Free-running greedy means the argmax at every step, the first included: no forced minimum length.
+    gpt2.eval()
+    eos = tokenizer.eos_token_id
+    boost = torch.zeros(gpt2.config.vocab_size)
+    boost[eos] = 50.0
+    hook = gpt2.get_output_embeddings().register_forward_hook(lambda module, args, out: out + boost)
+    try:
+        seqs = [encode_sequence(tokenizer, p.prompt, p.chosen, policy) for p in pairs[:3]]
+        decoded, lp = greedy_decode(gpt2, seqs, max_new_tokens=4, pad_token_id=tokenizer.pad_token_id,
+                                    eos_token_id=eos)
+    finally:
+        hook.remove()
+    assert [list(d.response_ids) for d in decoded] == [[eos]] * 3
+    assert torch.all(lp.summed > -1e-3)  # log pi(eos) ~ 0 under the boost
