@@ -259,6 +259,51 @@ def _sppo_hard_grad(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_l
     return 2.0 * (r_c - 1.0 / (2.0 * beta)), 2.0 * (r_r + 1.0 / (2.0 * beta))
 
 
+# log(1 - exp(m)) is -inf at m = 0, which a float32 log_softmax reaches on a token it is certain of; ORPO's odds
+# use m clamped to at most this, so the loss stays finite (the clamp is flat above it, in grad as in autograd).
+_ORPO_MAX_MEAN_LOGP = -1e-12
+
+
+def _orpo_parts(lp_c, lp_r, chosen_lengths, rejected_lengths):
+    """Return (m+, m-, log_odds, slopes): per-token mean log-probs, the log odds ratio, d log_odds / d(m+, m-).
+
+    log(1 - exp(m)) is computed as log(-expm1(m)) and d/dm log(1 - exp(m)) = 1/expm1(-m), both stable for m < 0.
+    """
+    m_c = lp_c / _count(chosen_lengths, lp_c)
+    m_r = lp_r / _count(rejected_lengths, lp_r)
+    q_c, q_r = m_c.clamp(max=_ORPO_MAX_MEAN_LOGP), m_r.clamp(max=_ORPO_MAX_MEAN_LOGP)
+    log_odds = (m_c - m_r) - (torch.log(-torch.expm1(q_c)) - torch.log(-torch.expm1(q_r)))
+    # d log_odds/dm+ = 1 + exp(m)/(1 - exp(m)) = 1 + 1/expm1(-m) where unclamped, 1 where clamped; mirror for m-.
+    open_c = (m_c <= _ORPO_MAX_MEAN_LOGP).to(lp_c.dtype)
+    open_r = (m_r <= _ORPO_MAX_MEAN_LOGP).to(lp_r.dtype)
+    slope_c = 1.0 + open_c / torch.expm1(-q_c)
+    slope_r = -1.0 - open_r / torch.expm1(-q_r)
+    return m_c, m_r, log_odds, (slope_c, slope_r)
+
+
+def orpo(lp_c, lp_r, ref_c=None, ref_r=None, *, chosen_lengths=None, rejected_lengths=None, beta=BETA):
+    """ORPO: per-token NLL on y+ plus a log-sigmoid penalty on the odds ratio of y+ over y-, no reference model.
+
+    With per-token means m = lp/|y| and odds(m) = exp(m)/(1 - exp(m)), log_odds = log odds(m+) - log odds(m-)
+    = (m+ - m-) - (log(1 - exp(m+)) - log(1 - exp(m-))). Mean log-probs above -1e-12 (a response the model is
+    certain of) are clamped to -1e-12 inside log(1 - exp(m)), so the loss stays finite.
+
+    Math: L = -lp+/|y+| - beta log s((m+ - m-) - (log(1 - exp(m+)) - log(1 - exp(m-)))), m = lp/|y|.
+    References: Hong et al. 2024, "ORPO: Monolithic Preference Optimization without Reference Model"
+    (TRL's odds_ratio_loss; TRL calls the paper's lambda beta).
+    Hyperparameters: beta: weight of the odds-ratio term relative to the NLL (the paper's lambda).
+    """
+    m_c, _, log_odds, _ = _orpo_parts(lp_c, lp_r, chosen_lengths, rejected_lengths)
+    return -m_c - beta * F.logsigmoid(log_odds)
+
+
+def _orpo_grad(lp_c, lp_r, ref_c=None, ref_r=None, *, chosen_lengths=None, rejected_lengths=None, beta=BETA):
+    _, _, log_odds, (slope_c, slope_r) = _orpo_parts(lp_c, lp_r, chosen_lengths, rejected_lengths)
+    d_odds = -beta * torch.sigmoid(-log_odds)  # dL/d log_odds
+    return ((-1.0 + d_odds * slope_c) / _count(chosen_lengths, lp_c),
+            d_odds * slope_r / _count(rejected_lengths, lp_r))
+
+
 # ---- the registry ----
 
 
@@ -340,6 +385,9 @@ LOSSES: dict[str, LossSpec] = {s.name: s for s in [
     _spec(nca, _nca_grad, paired=True, uses_reference=True, hyperparams={"beta": _BETA_HELP}),
     _spec(sppo_hard, _sppo_hard_grad, paired=True, uses_reference=True,
           hyperparams={"beta": "the targets of r+ and r- are +1/(2 beta) and -1/(2 beta); > 0"}),
+    _spec(orpo, _orpo_grad, paired=True, uses_reference=False,
+          hyperparams={"beta": "weight of the odds-ratio term -log s(log_odds) added to the per-token NLL on y+ "
+                               "(the paper's lambda); > 0"}),
 ]}
 
 

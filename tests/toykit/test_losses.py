@@ -21,6 +21,14 @@ def _sig(x):
     return math.exp(_logsig(x))
 
 
+def _log_odds(m_c, m_r):
+    """log[p+/(1 - p+)] - log[p-/(1 - p-)] for per-token mean log-probs m = log p; m is taken at most -1e-12
+    inside log(1 - p) (positive random "log-probs" occur in these inputs; a certain response has m = 0)."""
+    def log1m_exp(m):
+        return math.log(-math.expm1(min(m, -1e-12)))  # log(1 - e^m) without cancellation near m = 0
+    return (m_c - m_r) - (log1m_exp(m_c) - log1m_exp(m_r))
+
+
 # Scalar reference formulas, written from the API contract independently of toykit.losses.
 # Arguments: lp+, lp-, ref+, ref-, |y+|, |y-|, hyperparameters.
 REFERENCE = {
@@ -43,6 +51,7 @@ REFERENCE = {
                                             - 0.5 * _logsig(-p["beta"] * (r - rr))),
     "sppo_hard": lambda c, r, rc, rr, nc, nr, p: ((c - rc - 1 / (2 * p["beta"])) ** 2
                                                   + (r - rr + 1 / (2 * p["beta"])) ** 2),
+    "orpo": lambda c, r, rc, rr, nc, nr, p: -c / nc - p["beta"] * _logsig(_log_odds(c / nc, r / nr)),
 }
 
 
@@ -73,6 +82,7 @@ def test_every_contract_loss_is_registered_with_its_defaults():
     assert get_loss("cdpo").defaults == get_loss("robust").defaults == {"beta": 0.1, "eps": 0.1}
     assert get_loss("simpo").defaults == {"beta": 0.1, "gamma": 0.5}
     assert get_loss("rpo").defaults == {"beta": 0.1, "alpha": 1.0}
+    assert get_loss("orpo").defaults == {"beta": 0.1}
 
 
 @pytest.mark.parametrize("name", loss_names())
@@ -178,6 +188,24 @@ def test_sft_weight_is_minus_one_and_dpop_penalises_only_a_falling_chosen():
     dpo_above = compute_loss_grad("dpo", chosen_logps=ref + 0.01, **{k: v for k, v in kw.items() if k != "lam"})[0]
     torch.testing.assert_close(above, dpo_above)
     assert bool((below < 40 * above).all())  # the (1 + lam) factor pulls y+ back up far harder
+
+
+def test_orpo_known_values_and_a_certain_chosen_response_stay_finite():
+    lp = torch.tensor([-3.0, -0.5], dtype=torch.float64)
+    n = torch.tensor([3, 1])
+    even = compute_loss("orpo", chosen_logps=lp, rejected_logps=lp, chosen_lengths=n, rejected_lengths=n, beta=0.2)
+    torch.testing.assert_close(even, -lp / n + 0.2 * math.log(2))  # equal odds: log s(0) = -log 2
+    # y+ with probability 1/2 per token (odds 1) against y- with odds 1/3 (p = 1/4): log_odds = log 3.
+    kw = dict(chosen_logps=torch.tensor([2 * math.log(0.5)], dtype=torch.float64), chosen_lengths=torch.tensor([2]),
+              rejected_logps=torch.tensor([math.log(0.25)], dtype=torch.float64))
+    torch.testing.assert_close(compute_loss("orpo", **kw), torch.tensor([math.log(2) + 0.1 * math.log(4 / 3)],
+                                                                        dtype=torch.float64))
+    zero = torch.zeros(2, dtype=torch.float32, requires_grad=True)  # log_softmax rounds a certain token to 0
+    kw = dict(chosen_logps=zero, rejected_logps=torch.tensor([-2.0, -1e-3]))
+    loss = compute_loss("orpo", **kw)
+    g_c, g_r = compute_loss_grad("orpo", **kw)
+    assert bool(torch.isfinite(loss).all() & torch.isfinite(g_c).all() & torch.isfinite(g_r).all())
+    assert bool((g_r > 0).all())  # the odds term still pushes y- down
 
 
 def test_hyperparameters_of_other_losses_are_ignored_but_typos_are_refused():
