@@ -95,3 +95,15 @@ def test_changing_the_folder_selects_that_folders_runs(run_folder, tmp_path):
     assert at.multiselect(key="runs").value == ["baseline", "extend"] and not at.error
     at.text_input(key="folder").set_value(str(other)).run()
     assert at.multiselect(key="runs").value == ["only"] and not at.error
+
+
+def test_the_committed_validation_results_open_in_the_page():
+    from pathlib import Path
+
+    results = Path(__file__).resolve().parents[2] / "results"
+    at = run_page(PAGE, folder=str(results))
+    assert_no_exception(at)
+    assert not at.error
+    assert at.multiselect(key="runs").value == ["cpu", "gpu"]
+    held = [m.value for m in at.metric if m.label == "claims that held"]
+    assert len(held) == 2 and all(v.endswith("of 23") for v in held)
