@@ -8,11 +8,12 @@ paper's symbol (PAPER.md section 6).
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
+
+from toykit.runs import iter_jsonl
 
 __all__ = ["PreferencePair", "ProbeSet", "PROBE_TYPES", "DERIVED_PROBE_TYPES", "read_jsonl", "load_pairs",
            "pairs_from_records", "load_probe_set", "probe_set_from_records", "probe_set_from_pairs",
@@ -109,18 +110,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"data file {path} " + ("is a directory, not a JSONL file" if path.is_dir() else "does not exist"))
-    records = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({err.msg} at column {err.colno})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            records.append((lineno, obj))
+    records = list(iter_jsonl(path))
     if not records:
         raise ValueError(f"data file {path} holds no records")
     return records

@@ -23,6 +23,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from toykit.runs import iter_jsonl
+
 __all__ = [
     "TIDY_COLUMNS", "REDUCTIONS", "PAPER_EVAL_EVERY",
     "list_run_dirs", "read_run_config", "read_run_metrics", "read_runs", "read_paper_metrics", "read_claims",
@@ -88,8 +90,6 @@ def _number(value: Any, where: str) -> float:
 
 def _tidy_rows_of(row: dict[str, Any], where: str) -> list[dict[str, Any]]:
     """Turn one metrics.jsonl object into tidy rows (a tidy row stays one row; a TRL-style row is melted)."""
-    if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
     if "step" not in row:
         raise ValueError(f"{where}: row has no 'step' (keys: {sorted(row)})")
     step = int(_number(row["step"], f"{where}: step"))
@@ -125,16 +125,8 @@ def read_run_metrics(run_dir: str | Path, run: str | None = None) -> pd.DataFram
         raise ValueError(f"{path} does not exist: is {path.parent} a run directory?")
     label = run if run is not None else path.parent.name
     rows: list[dict[str, Any]] = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
-            rows.extend(_tidy_rows_of(obj, where))
+    for lineno, obj in iter_jsonl(path):
+        rows.extend(_tidy_rows_of(obj, f"{path}:{lineno}"))
     if not rows:
         raise ValueError(f"{path} holds no metric rows")
     table = pd.DataFrame(rows)
@@ -174,24 +166,12 @@ def read_paper_metrics(path: str | Path, run: str | None = None,
         raise ValueError(f"eval_every must be > 0, got {eval_every}")
     label = run if run is not None else path.stem
     rows: list[dict[str, Any]] = []
-    evaluation = 0
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)  # Python's json accepts the bare NaN the paper's code wrote
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{where}: invalid JSON ({err.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            base = {"run": label, "phase": "paper", "step": evaluation,
-                    "examples_seen": evaluation * eval_every}
-            for key, value in obj.items():
-                probe, statistic = _paper_key(key)
-                rows.append({**base, "probe": probe, "statistic": statistic, "value": _number(value, f"{where}: {key}")})
-            evaluation += 1
+    for evaluation, (lineno, obj) in enumerate(iter_jsonl(path)):  # bare NaN (the paper's code) is accepted
+        base = {"run": label, "phase": "paper", "step": evaluation, "examples_seen": evaluation * eval_every}
+        for key, value in obj.items():
+            probe, statistic = _paper_key(key)
+            rows.append({**base, "probe": probe, "statistic": statistic,
+                         "value": _number(value, f"{path}:{lineno}: {key}")})
     if not rows:
         raise ValueError(f"paper metrics file {path} holds no evaluations")
     return pd.DataFrame(rows)[list(TIDY_COLUMNS)]

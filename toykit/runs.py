@@ -10,11 +10,12 @@ import platform
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from toykit.configs import config_to_dict
 
-__all__ = ["create_run_dir", "write_json", "read_json", "env_info", "MetricsWriter", "read_metrics", "json_safe"]
+__all__ = ["create_run_dir", "write_json", "read_json", "env_info", "MetricsWriter", "read_metrics", "iter_jsonl",
+           "json_safe"]
 
 DEFAULT_RUNS_ROOT = Path("runs")
 
@@ -131,16 +132,27 @@ class MetricsWriter:
         self.close()
 
 
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Read a ``metrics.jsonl`` file; a malformed line raises ValueError naming the file and line."""
-    rows = []
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, object) for each non-blank line of a JSONL file.
+
+    The one JSONL reader of the project (metrics, preference pairs, probe sets, the paper's logs): a line that is not
+    valid JSON, or not a JSON object, raises ValueError naming the file and line. Python's json accepts the bare NaN
+    that the paper's code wrote.
+    """
     path = Path(path)
-    with path.open() as fh:
+    with path.open(encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                obj = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg})") from None
-    return rows
+                raise ValueError(f"{path}:{lineno}: invalid JSON ({err.msg} at column {err.colno})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Read a ``metrics.jsonl`` file; a malformed line raises ValueError naming the file and line."""
+    return [row for _, row in iter_jsonl(path)]

@@ -58,4 +58,4 @@ def test_bad_data_file_is_reported(tmp_path, capsys):
     bad = tmp_path / "pairs.jsonl"
     bad.write_text('{"prompt": "p", "chosen": " a", "rejected": " b"}\n{"prompt": \n')
     assert main(["sft", *_SMALL, "--data", str(bad), "--out-dir", str(tmp_path / "r")]) == 2
-    assert "pairs.jsonl:2: malformed JSON" in capsys.readouterr().err
+    assert "pairs.jsonl:2: invalid JSON" in capsys.readouterr().err

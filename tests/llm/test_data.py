@@ -39,7 +39,7 @@ def test_hh_split_uses_the_last_assistant_tag(tmp_path):
 
 
 @pytest.mark.parametrize("lines, message", [
-    (['{"prompt": "p", "chosen": " a", "rejected": " b"}', '{"prompt": "p", "chosen": '], r"bad\.jsonl:2: malformed"),
+    (['{"prompt": "p", "chosen": " a", "rejected": " b"}', '{"prompt": "p", "chosen": '], r"bad\.jsonl:2: invalid JSON"),
     (['{"prompt": "p", "chosen": " a"}'], r"bad\.jsonl:1: missing key\(s\) \['rejected'\]"),
     (['{"prompt": "p", "chosen": " a", "rejected": "   "}'], r"bad\.jsonl:1: empty 'rejected'"),
     (['{"prompt": "", "chosen": " a", "rejected": " b"}'], r"bad\.jsonl:1: empty 'prompt'"),
