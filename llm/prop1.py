@@ -28,6 +28,7 @@ from torch.func import functional_call, jvp
 
 from llm.encoding import EncodedBatch, TruncationPolicy, collate, encode_sequence
 from llm.logps import logps_from_logits
+from toykit.decomposition import loglog_slope
 from toykit.losses import compute_loss, get_loss
 from toykit.runs import write_json
 
@@ -291,8 +292,7 @@ def run_prop1(model: torch.nn.Module, tokenizer, pairs: Sequence[dict[str, str]]
             params = {n: params[n] - eta * g[n] for n in params}
 
         pred, meas = np.stack(predicted), np.stack(measured)  # (S, N_o)
-        logs = np.log(np.asarray(etas)), np.log(np.maximum(np.asarray(sweep_err), 1e-300))
-        slope = float(np.polyfit(logs[0], logs[1], 1)[0])
+        slope = loglog_slope(etas, np.maximum(np.asarray(sweep_err), 1e-300))
         rel = float(np.linalg.norm(meas - pred) / max(np.linalg.norm(meas), 1e-300))
         return Prop1Result(cfg.loss, eta, kinds, pred, meas, _pearson(pred, meas), rel, etas,
                            tuple(sweep_err), tuple(sweep_corr), slope)
