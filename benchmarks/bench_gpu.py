@@ -39,8 +39,8 @@ from llm.objective import Objective, batch_loss, make_pair_batch, precompute_ref
 from llm.optim import build_optimizer, warmup_schedule
 from llm.probes import ProbeEvaluator
 from llm.tokenization import build_word_tokenizer
-from llm.validate import PRESETS
-from llm.world import PROBE_KEYS, build_world
+from llm.validation.pipeline import PRESETS
+from llm.validation.world import PROBE_KEYS, build_world
 
 _GPU = PRESETS["gpu"]
 #: sizes of the full benchmark (the gpu preset's model) and of the --small CPU smoke run; explicit flags win.
@@ -69,7 +69,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     add("--heads", type=int, help=f"attention heads (default: the gpu preset's, {_GPU.heads})")
     add("--arch", default=_GPU.arch, help=f"tiny architecture (default: the gpu preset's, {_GPU.arch})")
     add("--attn", default="eager,sdpa", help="comma-separated attention implementations to time the steps with; "
-                                             "the first also runs the probes (llm.validate builds 'eager')")
+                                             "the first also runs the probes (llm.validation.pipeline builds 'eager')")
     add("--probe-prompts", type=int, help=f"probe prompts of the gpu world (default all {_GPU.world.n_probes})")
     add("--probe-batch-sizes", default="16,64", help="comma-separated probe batch sizes (the engine's default: 16)")
     add("--greedy-max-new-tokens", type=int, default=_GPU.greedy_max_new_tokens,
@@ -220,7 +220,7 @@ def bench_steps(args, attn: str, device: torch.device, peak_measured: float | No
 
 
 def _world_probes(num: int) -> tuple[ProbeSet, object]:
-    """The gpu preset's world probes (every probe key but the sampled y_init) and the word tokenizer of llm.validate."""
+    """The gpu preset's world probes (every probe key but the sampled y_init) and the word tokenizer of llm.validation.pipeline."""
     world = build_world(_GPU.world)
     texts = list(world.corpus) + [t for p in (*world.train_pairs, *world.test_pairs, *world.probes)
                                   for k, t in p.items() if k in PROBE_KEYS]

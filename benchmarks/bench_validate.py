@@ -32,7 +32,7 @@ def main() -> None:
 
     import torch
 
-    from llm.validate import ValidateConfig, run_validation
+    from llm.validation.pipeline import ValidateConfig, run_validation
 
     seeds = tuple(int(s) for s in args.seeds.split(","))
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Proposition 1 on one causal LM at a chosen size, architecture, device and dtype: is the remainder O(eta^2)?
 
-The validation's Prop. 1 check (llm.prop1) compares -eta <grad log pi(y_o), grad L> with the real change after one
+The validation's Prop. 1 check (llm.validation.prop1) compares -eta <grad log pi(y_o), grad L> with the real change after one
 SGD step, over a sweep of eta. A correct first-order prediction leaves a remainder whose log-log slope vs eta is 2;
 a numerical floor (operations that run in lower precision than the check's dtype) flattens it towards 0 or 1.
 This script runs that check for several architectures on the same synthetic world, after a short pretraining,
@@ -20,10 +20,10 @@ import time
 import torch
 
 from llm.models import tiny_model
-from llm.prop1 import Prop1Config, run_prop1
+from llm.validation.prop1 import Prop1Config, run_prop1
 from llm.tokenization import build_word_tokenizer
-from llm.validate import PRESETS, pretrain
-from llm.world import PROBE_KEYS, build_world
+from llm.validation.pipeline import PRESETS, pretrain
+from llm.validation.world import PROBE_KEYS, build_world
 
 
 def main(argv: list[str] | None = None) -> dict:

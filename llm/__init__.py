@@ -14,10 +14,10 @@ Public API (imported lazily, so ``import llm.runs`` stays light for the app):
 | ``train_bpe_tokenizer``, ``build_word_tokenizer``, ``load_tokenizer`` | tokenization | local tokenizers |
 | ``Objective``, ``batch_loss``, ``precompute_reference_logps`` | objective | the per-batch step |
 | ``ProbeCallback`` | callback | probes inside any transformers ``Trainer`` / TRL run |
-| ``init_distributed``, ``World``, ``shard_indices`` | distributed | data parallelism under ``torchrun`` |
-| ``build_world``, ``WorldConfig``, ``Judge`` | world, judge | the synthetic language world and its judge |
-| ``run_prop1``, ``Prop1Config`` | prop1 | Proposition 1 on a causal LM (gradient inner product vs a real step) |
-| ``run_validation``, ``ValidateConfig``, ``PRESETS`` | validate | the end-to-end claims scoreboard |
+| ``init_distributed``, ``World``, ``shard_indices`` | parallel | data parallelism under ``torchrun`` |
+| ``build_world``, ``WorldConfig``, ``Judge`` | validation.world, validation.judge | the synthetic world and its judge |
+| ``run_prop1``, ``Prop1Config`` | validation.prop1 | Proposition 1 on a causal LM (gradient inner product vs a step) |
+| ``run_validation``, ``ValidateConfig``, ``PRESETS`` | validation.pipeline | the end-to-end claims scoreboard |
 | ``read_runs``, ``read_run_metrics``, ``read_paper_metrics``, ``read_claims`` | runs | reading run directories |
 """
 
@@ -37,12 +37,12 @@ _EXPORTS = {
     "tokenization": ("train_bpe_tokenizer", "build_word_tokenizer", "load_tokenizer", "check_tokenizer"),
     "objective": ("Objective", "batch_loss", "precompute_reference_logps", "NonFiniteLossError", "EXTEND"),
     "callback": ("ProbeCallback",),
-    "distributed": ("init_distributed", "World", "shard_indices"),
-    "world": ("build_world", "save_world", "WorldConfig"),
-    "judge": ("Judge",),
-    "prop1": ("run_prop1", "Prop1Config", "Prop1Result"),
-    "validate": ("run_validation", "ValidateConfig", "PRESETS"),
-    "report": ("CLAIMS", "evaluate_claims"),
+    "parallel": ("init_distributed", "World", "shard_indices"),
+    "validation.world": ("build_world", "save_world", "WorldConfig"),
+    "validation.judge": ("Judge",),
+    "validation.prop1": ("run_prop1", "Prop1Config", "Prop1Result"),
+    "validation.pipeline": ("run_validation", "ValidateConfig", "PRESETS"),
+    "validation.report": ("CLAIMS", "evaluate_claims"),
     "runs": ("read_runs", "read_run_metrics", "read_paper_metrics", "read_claims", "list_run_dirs"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -6,7 +6,7 @@
     python -m llm train --loss ipo --beta 0.5          # any loss of the toykit registry
     python -m llm eval --probes hh_formal_prob_train.jsonl --model DIR
     python -m llm train --loss dpo --out-dir runs/x --resume   # continue a killed run
-    python -m llm validate --preset cpu                # the paper's claims end to end (see llm.validate)
+    python -m llm validate --preset cpu                # the paper's claims end to end (see llm.validation.pipeline)
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-command per entry point."""
     parser = argparse.ArgumentParser(prog="python -m llm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    from llm.validate import ValidateConfig
+    from llm.validation.pipeline import ValidateConfig
 
     subs = parser.add_subparsers(dest="command", required=True, metavar="{sft,dpo,train,eval,validate}")
     helps = {"sft": "supervised finetuning on y+ (or --loss extend: on y+ and y-)",
@@ -50,7 +50,7 @@ def _config(parser: argparse.ArgumentParser, ns: argparse.Namespace):
     if ns.command == "eval":
         return config_from_namespace(EvalConfig, ns)
     if ns.command == "validate":
-        from llm.validate import ValidateConfig
+        from llm.validation.pipeline import ValidateConfig
 
         return config_from_namespace(ValidateConfig, ns)
     if ns.command == "train" and ns.loss is None:
@@ -81,7 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ns.command == "eval":
             _, run_dir = evaluate(cfg)
         elif ns.command == "validate":
-            from llm.validate import run_validation
+            from llm.validation.pipeline import run_validation
 
             run_dir, doc = run_validation(cfg)
             print(f"{doc['held']} of {doc['total']} claims hold in every seed; report: {run_dir / 'report.md'}")

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from llm.checkpoint import load_checkpoint, probe_array_path, rewind_outputs, save_checkpoint
 from llm.config import RESUME_FREE_FIELDS, EvalConfig, TrainConfig
-from llm.distributed import SINGLE_PROCESS, World
+from llm.parallel import SINGLE_PROCESS, World
 from llm.encoding import encode_sequence, truncation_report
 from llm.inputs import build_inputs
 from llm.objective import (NonFiniteLossError, Objective, batch_loss, make_pair_batch, precompute_reference_logps,
@@ -118,7 +118,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
         model, tokenizer: a model object to continue from (e.g. the result of an SFT phase) and its tokenizer.
         pairs: preference pairs (default: read from ``cfg.data``); the last ``cfg.held_out`` are not trained on.
         probes: a ProbeSet (default: ``cfg.probes`` or derived from the first training pairs).
-        world: the data-parallel process group (llm.distributed); rank 0 alone writes and evaluates the probes.
+        world: the data-parallel process group (llm.parallel); rank 0 alone writes and evaluates the probes.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf; summary.json says where, metrics written so far are kept.

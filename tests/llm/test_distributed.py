@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM
 
 from llm.config import TrainConfig
-from llm.distributed import SINGLE_PROCESS, init_distributed, shard_indices
+from llm.parallel import SINGLE_PROCESS, init_distributed, shard_indices
 from llm.training import train
 from toykit.runs import read_metrics
 

@@ -1,6 +1,6 @@
 """The synthetic world's programmatic judge: parse a response into claims, score it for a prompt, rank two.
 
-The judge stands in for the paper's GPT/Claude judges (Table 1) on the synthetic world (``llm.world``). It reads a
+The judge stands in for the paper's GPT/Claude judges (Table 1) on the synthetic world (``llm.validation.world``). It reads a
 response sentence by sentence with the world's grammar, so it knows exactly which facts a response states, and
 scores it for the question the prompt asks:
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from llm.world import ASSISTANT, ATTRIBUTES, EVASIVE, HEDGE, HUMAN, Claim, World
+from llm.validation.world import ASSISTANT, ATTRIBUTES, EVASIVE, HEDGE, HUMAN, Claim, World
 
 __all__ = ["Judgement", "Judge"]
 

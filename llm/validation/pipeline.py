@@ -1,10 +1,10 @@
 """Validation of the paper's predictions on real language models, end to end: ``python -m llm validate``.
 
-Per seed: build the synthetic world (``llm.world``), pretrain a small transformer from scratch on its corpus, then
+Per seed: build the synthetic world (``llm.validation.world``), pretrain a small transformer from scratch on its corpus, then
 run the paper's story with the engine's ``train``: SFT on y+ (baseline) and "extend" SFT on y+ and y-; off-policy DPO
 from each; on-policy DPO from the SFT model on pairs sampled from it and ranked by the world's judge. Probes are
 evaluated throughout. Then the judge's win rate of extend+DPO vs baseline+DPO on held-out prompts, and Proposition 1
-(one-step prediction vs real step) on the SFT model. The claims scoreboard (``llm.report``) scores every claim of
+(one-step prediction vs real step) on the SFT model. The claims scoreboard (``llm.validation.report``) scores every claim of
 PAPER.md section 5 with the rules written there, and the run directory gets claims.json, report.md and figures.
 
 With ``--model DIR --data FILE`` the finetuning part runs on a user's pretrained model and preference pairs instead;
@@ -27,16 +27,16 @@ import torch
 from llm.config import TrainConfig
 from llm.data import PreferencePair, ProbeSet, load_pairs, load_probe_set, probe_set_from_pairs
 from llm.encoding import EncodedSequence
-from llm.judge import Judge
+from llm.validation.judge import Judge
 from llm.logps import greedy_decode
 from llm.models import load_model, resolve_device, tiny_model
-from llm.prop1 import Prop1Config, plot_prop1, run_prop1, save_prop1
-from llm.report import (CLAIMS, SeedResult, claims_document, evaluate_claims, plot_baseline_vs_extend,
+from llm.validation.prop1 import Prop1Config, plot_prop1, run_prop1, save_prop1
+from llm.validation.report import (CLAIMS, SeedResult, claims_document, evaluate_claims, plot_baseline_vs_extend,
                         plot_probe_curves, report_markdown)
 from llm.runs import read_run_metrics
 from llm.tokenization import build_word_tokenizer, load_tokenizer
 from llm.training import train
-from llm.world import PROBE_KEYS, World, WorldConfig, build_world, save_world
+from llm.validation.world import PROBE_KEYS, World, WorldConfig, build_world, save_world
 from toykit.configs import config_to_dict
 from toykit.runs import MetricsWriter, create_run_dir, write_json
 
@@ -434,9 +434,3 @@ def _figures(run_dir: Path, seeds: Sequence[SeedResult], prop1_results: list) ->
         out[name] = f"{name}.png"
     return out
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m llm validate`` (also reachable through ``llm.cli``)."""
-    from llm.cli import main as cli_main
-
-    return cli_main(["validate", *(sys.argv[1:] if argv is None else argv)])

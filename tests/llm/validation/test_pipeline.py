@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from llm.judge import Judge
-from llm.report import CLAIMS, ClaimSpec, SeedResult, claims_document, evaluate_claims
+from llm.validation.judge import Judge
+from llm.validation.report import CLAIMS, ClaimSpec, SeedResult, claims_document, evaluate_claims
 from llm.runs import claims_score, read_claims, read_run_metrics
-from llm.validate import PRESETS, ValidateConfig, onpolicy_pairs, run_validation
-from llm.world import WorldConfig, build_world
+from llm.validation.pipeline import PRESETS, ValidateConfig, onpolicy_pairs, run_validation
+from llm.validation.world import WorldConfig, build_world
 
 
 def _rows(phase, probe, values):

@@ -6,8 +6,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from llm.judge import Judge
-from llm.world import ATTRIBUTES, PROBE_KEYS, WorldConfig, build_world, save_world, shuffle_words
+from llm.validation.judge import Judge
+from llm.validation.world import ATTRIBUTES, PROBE_KEYS, WorldConfig, build_world, save_world, shuffle_words
 
 CFG = WorldConfig(seed=3, n_entities=12, n_probes=20, docs_per_entity=2, n_unrelated=30)
 

@@ -5,10 +5,10 @@ import torch
 
 from llm.encoding import collate, encode_sequence, TruncationPolicy
 from llm.models import tiny_model
-from llm.prop1 import (Prop1Config, loss_gradient, measured_change, observed_batch, predicted_change, run_prop1,
+from llm.validation.prop1 import (Prop1Config, loss_gradient, measured_change, observed_batch, predicted_change, run_prop1,
                        summed_logps)
 from llm.tokenization import build_word_tokenizer
-from llm.world import PROBE_KEYS, WorldConfig, build_world
+from llm.validation.world import PROBE_KEYS, WorldConfig, build_world
 
 TYPES = [k for k in PROBE_KEYS if k != "prompt"]
 
@@ -119,7 +119,7 @@ def test_target_change_sets_eta_from_the_largest_predicted_change(setup):
 
 
 def test_full_precision_keeps_llama_norms_and_softmax_in_float64():
-    from llm.prop1 import full_precision
+    from llm.validation.prop1 import full_precision
 
     model = tiny_model("llama", 50, hidden=32, layers=1, heads=2, seed=0, dtype="float64").eval()
     norm = next(m for m in model.modules() if type(m).__name__.endswith("RMSNorm"))

@@ -1,7 +1,7 @@
 """A seeded synthetic language world: entities with attributes, questions, preference pairs, probes, a corpus.
 
-No model weights can be downloaded here, so the validation pipeline (``llm.validate``) builds its own small world
-in which every probe type of the paper keeps its meaning exactly, and a programmatic judge (``llm.judge``) can
+No model weights can be downloaded here, so the validation pipeline (``llm.validation.pipeline``) builds its own small world
+in which every probe type of the paper keeps its meaning exactly, and a programmatic judge (``llm.validation.judge``) can
 score any response. The world is a small fact base (entity -> attribute -> value) and a grammar:
 
 - a *prompt* asks one fact in the Anthropic-HH dialogue format: ``"\\n\\nHuman: where does tomi live ?\\n\\nAssistant:"``;
