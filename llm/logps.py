@@ -14,11 +14,11 @@ import torch
 from llm.encoding import EncodedBatch, EncodedSequence, collate
 
 __all__ = ["SequenceLogps", "logps_from_logits", "sequence_logps", "encoded_logps", "response_logits",
-           "response_statistics", "greedy_decode", "STATISTICS"]
+           "response_statistics", "greedy_decode", "greedy_statistics", "STATISTICS"]
 
 #: per-response statistics of ``response_statistics``; "argmax" is the TEACHER-FORCED argmax along the scored prefix.
 STATISTICS = ("logp_sum", "logp_mean", "argmax_logp_sum", "argmax_logp_mean", "entropy", "A_norm", "pi_minus_e_norm",
-              "energy", "num_tokens")
+              "energy", "peakiness", "top1_share", "valley_share", "num_tokens")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +120,11 @@ def response_statistics(logits: torch.Tensor, input_ids: torch.Tensor,
 
     Per scored token with pi = softmax(z) and target y: log pi(y) (summed and mean); the teacher-forced argmax
     log max_v pi(v | x, y_<l) along THIS response's prefix (summed and mean); the entropy of pi; A_norm = ||A||_F
-    with A = I - 1 pi^T, i.e. sqrt(V - 2 + V ||pi||^2); pi_minus_e_norm = ||pi - e_y||; the energy 1 - pi(y).
-    The last four are means over the response tokens; num_tokens is |y|.
+    with A = I - 1 pi^T, i.e. sqrt(V - 2 + V ||pi||^2); pi_minus_e_norm = ||pi - e_y||; the energy 1 - pi(y);
+    the peakiness ||pi||^2 = sum_v pi_v^2 (1 for a one-hot pi, 1/V for a uniform one: what squeezing raises);
+    top1_share, the share of tokens whose target y is the argmax of pi (a "peak" token); valley_share, the share
+    whose pi(y) is below the uniform 1/V (a "valley" token). Those seven are means over the response tokens;
+    num_tokens is |y|.
 
     Math: ||I - 1 pi^T||_F^2 = sum_i [(1 - pi_i)^2 + sum_{j != i} pi_j^2] = V - 2 + V ||pi||^2.
     References: PAPER.md section 6 (probes, the two "argmax"); NOTICE.md (A_o, p_e and energy of the paper's logs).
@@ -138,6 +141,9 @@ def response_statistics(logits: torch.Tensor, input_ids: torch.Tensor,
         "A_norm": torch.sqrt((vocab - 2 + vocab * sq).clamp_min(0.0)),
         "pi_minus_e_norm": torch.sqrt((sq - 2 * pi_y + 1).clamp_min(0.0)),
         "energy": 1 - pi_y,
+        "peakiness": sq,
+        "top1_share": (log_pi.argmax(dim=-1) == targets).to(log_pi.dtype),
+        "valley_share": (pi_y < 1.0 / vocab).to(log_pi.dtype),
     }
     lengths = mask.sum(1).to(torch.float32)  # (N,)
     denom = lengths.clamp_min(1.0)
@@ -147,11 +153,34 @@ def response_statistics(logits: torch.Tensor, input_ids: torch.Tensor,
     empty = lengths == 0
     out = {"logp_sum": logp_sum, "logp_mean": logp_sum / denom, "argmax_logp_sum": argmax_sum,
            "argmax_logp_mean": argmax_sum / denom}
-    for name in ("entropy", "A_norm", "pi_minus_e_norm", "energy"):
+    for name in ("entropy", "A_norm", "pi_minus_e_norm", "energy", "peakiness", "top1_share", "valley_share"):
         out[name] = _per_sequence_sum(per_token[name], owner, n) / denom
     out = {k: torch.where(empty, nan, v) for k, v in out.items()}
     out["num_tokens"] = lengths
     return {k: out[k] for k in STATISTICS}
+
+
+def _greedy_sequences(model, prompts: Sequence[EncodedSequence], max_new_tokens: int, pad_token_id: int,
+                      eos_token_id: int | None) -> list[EncodedSequence]:
+    """Free-running greedy continuations of left-padded prompts, each cut after its first eos (kept)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    device = next(model.parameters()).device
+    width = max(len(p.prompt_ids) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)  # (N, L_prompt) left-padded
+    attn = torch.zeros_like(ids)
+    for n, p in enumerate(prompts):
+        ids[n, width - len(p.prompt_ids):] = torch.tensor(p.prompt_ids, dtype=torch.long)
+        attn[n, width - len(p.prompt_ids):] = 1
+    out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
+                         max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
+                         eos_token_id=eos_token_id, num_beams=1)
+    decoded = []
+    for p, toks in zip(prompts, out[:, width:].tolist()):
+        if eos_token_id is not None and eos_token_id in toks:
+            toks = toks[: toks.index(eos_token_id) + 1]
+        decoded.append(EncodedSequence(p.prompt_ids, tuple(toks), False, False))
+    return decoded
 
 
 @torch.no_grad()
@@ -167,26 +196,27 @@ def greedy_decode(model, prompts: Sequence[EncodedSequence], *, max_new_tokens: 
     Returns:
         The decoded [prompt, greedy response] sequences and their SequenceLogps ((N,) each).
     """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    device = next(model.parameters()).device
-    width = max(len(p.prompt_ids) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)  # (N, L_prompt) left-padded
-    attn = torch.zeros_like(ids)
-    for n, p in enumerate(prompts):
-        ids[n, width - len(p.prompt_ids):] = torch.tensor(p.prompt_ids, dtype=torch.long)
-        attn[n, width - len(p.prompt_ids):] = 1
-    out = model.generate(input_ids=ids.to(device), attention_mask=attn.to(device), do_sample=False,
-                         max_new_tokens=max_new_tokens, pad_token_id=pad_token_id,
-                         eos_token_id=eos_token_id, num_beams=1)
-    new = out[:, width:].tolist()
-    decoded = []
-    for p, toks in zip(prompts, new):
-        if eos_token_id is not None and eos_token_id in toks:
-            toks = toks[: toks.index(eos_token_id) + 1]
-        decoded.append(EncodedSequence(p.prompt_ids, tuple(toks), False, False))
-    batch = collate(decoded, pad_token_id).to(device)
+    decoded = _greedy_sequences(model, prompts, max_new_tokens, pad_token_id, eos_token_id)
+    batch = collate(decoded, pad_token_id).to(next(model.parameters()).device)
     return decoded, sequence_logps(model, batch.input_ids, batch.attention_mask, batch.response_mask)
+
+
+@torch.no_grad()
+def greedy_statistics(model, prompts: Sequence[EncodedSequence], *, max_new_tokens: int, pad_token_id: int,
+                      eos_token_id: int | None) -> tuple[list[EncodedSequence], dict[str, torch.Tensor]]:
+    """``greedy_decode``, but the greedy responses get every ``response_statistics`` (one forward pass).
+
+    Along the model's own greedy response the target is the argmax at every position (so top1_share is 1 up to
+    ties), and its entropy and peakiness say how sharp the free-running distribution is: the squeezing effect of
+    PAPER.md section 5 raises the peakiness along the greedy response.
+
+    Returns:
+        The decoded sequences and a dict statistic -> (N,) tensor (names in STATISTICS).
+    """
+    decoded = _greedy_sequences(model, prompts, max_new_tokens, pad_token_id, eos_token_id)
+    batch = collate(decoded, pad_token_id).to(next(model.parameters()).device)
+    return decoded, response_statistics(*response_logits(model, batch.input_ids, batch.attention_mask,
+                                                         batch.response_mask))
 
 
 def encoded_logps(model, batch: EncodedBatch) -> SequenceLogps:

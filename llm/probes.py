@@ -16,10 +16,10 @@ import torch
 
 from llm.data import ProbeSet
 from llm.encoding import EncodedSequence, TruncationPolicy, collate, encode_sequence, truncation_report
-from llm.logps import STATISTICS, greedy_decode, response_logits, response_statistics
+from llm.logps import STATISTICS, greedy_statistics, response_logits, response_statistics
 
 __all__ = ["ProbeResult", "ProbeEvaluator", "evaluate_sequential", "GREEDY_PROBE", "ARGMAX_PROBE",
-           "RESPONSE_STATISTICS"]
+           "RESPONSE_STATISTICS", "GREEDY_STATISTICS"]
 
 #: free-running greedy decoding from the prompt, scored by its own log-prob.
 GREEDY_PROBE = "greedy"
@@ -28,6 +28,8 @@ ARGMAX_PROBE = "argmax_teacher_forced"
 #: statistics kept for every response probe type (the argmax ones move to ARGMAX_PROBE, computed on y+ only).
 RESPONSE_STATISTICS = tuple(s for s in STATISTICS if not s.startswith("argmax_"))
 _LOGP_STATS = ("logp_sum", "logp_mean", "num_tokens")
+#: statistics of the greedy probe: its log-probs and how sharp pi is along it (squeezing raises the peakiness).
+GREEDY_STATISTICS = (*_LOGP_STATS, "entropy", "peakiness")
 
 
 def _store(out: dict[str, dict[str, np.ndarray]], probe: str, i: int, stats: dict[str, np.ndarray], row: int) -> None:
@@ -44,7 +46,7 @@ def _empty(probe_types: Sequence[str], n: int, greedy: bool) -> dict[str, dict[s
     out = {p: {s: np.full(n, np.nan) for s in RESPONSE_STATISTICS} for p in probe_types}
     out[ARGMAX_PROBE] = {s: np.full(n, np.nan) for s in _LOGP_STATS}
     if greedy:
-        out[GREEDY_PROBE] = {s: np.full(n, np.nan) for s in _LOGP_STATS}
+        out[GREEDY_PROBE] = {s: np.full(n, np.nan) for s in GREEDY_STATISTICS}
     return out
 
 
@@ -143,12 +145,11 @@ class ProbeEvaluator:
         order = sorted(prompts, key=lambda i: len(prompts[i].prompt_ids))
         for start in range(0, len(order), self.batch_size):
             idx = order[start: start + self.batch_size]
-            _, lp = greedy_decode(model, [prompts[i] for i in idx], max_new_tokens=self.greedy_max_new_tokens,
-                                  pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id)
+            _, stats = greedy_statistics(model, [prompts[i] for i in idx], max_new_tokens=self.greedy_max_new_tokens,
+                                         pad_token_id=self.pad_token_id, eos_token_id=self.eos_token_id)
             for row, i in enumerate(idx):
-                out["logp_sum"][i] = float(lp.summed[row])
-                out["logp_mean"][i] = float(lp.mean[row])
-                out["num_tokens"][i] = float(lp.lengths[row])
+                for stat in GREEDY_STATISTICS:
+                    out[stat][i] = float(stats[stat][row])
 
 
 @torch.no_grad()

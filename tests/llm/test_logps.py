@@ -5,13 +5,14 @@ import math
 import torch
 
 from llm.encoding import collate, encode_sequence
-from llm.logps import encoded_logps, greedy_decode, logps_from_logits, response_statistics
+from llm.logps import encoded_logps, greedy_decode, greedy_statistics, logps_from_logits, response_statistics
 
 
 def _naive(model, seq, norms=False):
     """Per-token loop: one unpadded forward per prefix, float64 softmax (||A||_F built densely when ``norms``)."""
     ids = list(seq.prompt_ids + seq.response_ids)
     values, argmax, entropy, a_norm = [], [], [], []
+    extra = {"peakiness": [], "top1_share": [], "valley_share": []}
     for pos in range(len(seq.prompt_ids), len(ids)):
         with torch.no_grad():
             z = model(input_ids=torch.tensor([ids[:pos]])).logits[0, -1].double()
@@ -19,11 +20,14 @@ def _naive(model, seq, norms=False):
         values.append(math.log(pi[ids[pos]]))
         argmax.append(math.log(pi.max()))
         entropy.append(float(-(pi * pi.log()).sum()))
+        extra["peakiness"].append(sum(float(p) ** 2 for p in pi))
+        extra["top1_share"].append(float(int(pi.argmax()) == ids[pos]))
+        extra["valley_share"].append(float(float(pi[ids[pos]]) < 1.0 / len(pi)))
         if not norms:
             continue
         eye = torch.eye(len(pi), dtype=torch.float64)
         a_norm.append(float(torch.linalg.matrix_norm(eye - torch.outer(torch.ones_like(pi), pi))))
-    return values, argmax, entropy, a_norm
+    return values, argmax, entropy, a_norm, extra
 
 
 def test_sequence_logps_equals_a_per_token_loop(gpt2, tokenizer, pairs, policy):
@@ -48,11 +52,13 @@ def test_response_statistics_equal_the_loop(gpt2, tokenizer, pairs, policy):
         stats = response_statistics(gpt2(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits,
                                     batch.input_ids, batch.response_mask)
     for n, seq in enumerate(seqs):
-        values, argmax, entropy, a_norm = _naive(gpt2, seq, norms=True)
+        values, argmax, entropy, a_norm, extra = _naive(gpt2, seq, norms=True)
         assert math.isclose(float(stats["argmax_logp_sum"][n]), sum(argmax), rel_tol=1e-5)
         assert float(stats["argmax_logp_sum"][n]) >= float(stats["logp_sum"][n])  # argmax dominates y+ per token
         assert math.isclose(float(stats["entropy"][n]), sum(entropy) / len(entropy), rel_tol=1e-4)
         assert math.isclose(float(stats["A_norm"][n]), sum(a_norm) / len(a_norm), rel_tol=1e-5)
+        for name, per_token in extra.items():
+            assert math.isclose(float(stats[name][n]), sum(per_token) / len(per_token), rel_tol=1e-4, abs_tol=1e-7), name
 
 
 def test_bf16_logits_are_reduced_in_float32():
@@ -101,3 +107,18 @@ def test_greedy_decoding_may_stop_at_once_when_eos_is_the_argmax(gpt2, tokenizer
         hook.remove()
     assert [list(d.response_ids) for d in decoded] == [[eos]] * 3
     assert torch.all(lp.summed > -1e-3)  # log pi(eos) ~ 0 under the boost
+
+
+def test_greedy_statistics_score_the_greedy_response_like_greedy_decode(gpt2, tokenizer, pairs, policy):
+    gpt2.eval()
+    seqs = [encode_sequence(tokenizer, p.prompt, p.chosen, policy) for p in pairs[:4]]
+    decoded, lp = greedy_decode(gpt2, seqs, max_new_tokens=5, pad_token_id=tokenizer.pad_token_id,
+                                eos_token_id=tokenizer.eos_token_id)
+    again, stats = greedy_statistics(gpt2, seqs, max_new_tokens=5, pad_token_id=tokenizer.pad_token_id,
+                                     eos_token_id=tokenizer.eos_token_id)
+    assert again == decoded
+    assert torch.allclose(stats["logp_sum"], lp.summed, atol=1e-5)
+    # Along its own greedy response every target is the argmax, so the teacher-forced argmax is the response.
+    assert torch.all(stats["top1_share"] == 1.0)
+    assert torch.allclose(stats["argmax_logp_sum"], stats["logp_sum"], atol=1e-5)
+    assert torch.all((stats["peakiness"] > 0) & (stats["peakiness"] <= 1))
