@@ -23,6 +23,7 @@ from llm.checkpoint import load_checkpoint, probe_array_path, rewind_outputs, sa
 from llm.config import RESUME_FREE_FIELDS, EvalConfig, TrainConfig
 from llm.parallel import SINGLE_PROCESS, World
 from llm.encoding import encode_sequence, truncation_report
+from llm.hooks import RunContext, StepContext, call_hooks, hooks_from_config, snapshot
 from llm.inputs import build_inputs
 from llm.objective import (NonFiniteLossError, Objective, batch_loss, make_pair_batch, precompute_reference_logps,
                            trl_metrics)
@@ -110,7 +111,7 @@ def _evaluate(evaluator: ProbeEvaluator, model, run_dir: Path, writer: MetricsWr
 
 
 def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None, *,
-          world: World = SINGLE_PROCESS) -> TrainResult:
+          world: World = SINGLE_PROCESS, hooks=()) -> TrainResult:
     """Run (or resume) one finetuning phase described by ``cfg``; see the module docstring for the outputs.
 
     Args:
@@ -119,6 +120,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
         pairs: preference pairs (default: read from ``cfg.data``); the last ``cfg.held_out`` are not trained on.
         probes: a ProbeSet (default: ``cfg.probes`` or derived from the first training pairs).
         world: the data-parallel process group (llm.parallel); rank 0 alone writes and evaluates the probes.
+        hooks: per-step hooks (llm.hooks) that see theta_t and the real update; cfg.explain_prompts adds one.
 
     Raises:
         NonFiniteLossError: the loss became NaN/inf; summary.json says where, metrics written so far are kept.
@@ -193,6 +195,12 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
                "truncation_probes": evaluator.truncation, "probe_set": inputs.probes.describe()}
     timing = {"train_seconds": 0.0, "probe_seconds": 0.0}
     last = None
+    hooks = [*hooks, *hooks_from_config(cfg)]
+    if hooks and world.world_size > 1:
+        raise ValueError("step hooks (explain) run in a single process only")
+    run_ctx = RunContext(run_dir, cfg, model, tok, objective, chosen, rejected, ref_c, ref_r, ref_model, inputs.probes,
+                         inputs.policy, optimizer, plan.total_steps)
+    call_hooks(hooks, "on_train_begin", run_ctx)
 
     def probe_now() -> ProbeResult | None:
         if not world.is_main:
@@ -228,9 +236,13 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
             world.sum_gradients(params)
             lr = optimizer.param_groups[0]["lr"]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+            before = snapshot(model) if hooks else None
             optimizer.step()
             scheduler.step()
             step, seen = step + 1, seen + len(idx)
+            if hooks:
+                call_hooks(hooks, "on_step", StepContext(step, seen, idx, lr, float(grad_norm), before, model,
+                                                       optimizer))
             merged = world.gather({k: None if not parts or parts[0][k] is None else torch.cat([p[k] for p in parts])
                                    for k in _PARTS} | {"losses": torch.cat(losses) if losses else None})
             row = {"step": step, "examples_seen": seen, "phase": phase, "epoch": seen / len(chosen),
@@ -248,6 +260,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
                 save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
                                 examples_seen=seen, metrics_path=metrics_path)
             if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
+                call_hooks(hooks, "on_train_end", run_ctx)
                 bar.close()
                 writer.close()
                 return TrainResult(run_dir, model, tok, "stopped", step, seen, last, summary)
@@ -259,6 +272,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
             write_json(run_dir / "summary.json", {**summary, **timing, "status": "non_finite_loss",
                                                   "message": message, "step": step, "examples_seen": seen})
         raise NonFiniteLossError(f"{message} in {run_dir}") from None
+    call_hooks(hooks, "on_train_end", run_ctx)
     bar.close()
     writer.close()
     if not world.is_main:

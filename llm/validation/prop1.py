@@ -15,19 +15,17 @@ References: Ren & Sutherland, ICLR 2025, Proposition 1 and its sequence version 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.func import functional_call, jvp
+from torch.func import jvp
 
 from llm.encoding import EncodedBatch, TruncationPolicy, collate, encode_sequence
-from llm.logps import logps_from_logits
+from llm.linearize import batch_chunks, full_precision, summed_logps
 from toykit.decomposition import loglog_slope
 from toykit.losses import compute_loss, get_loss
 from toykit.runs import write_json
@@ -119,21 +117,6 @@ def observed_batch(tokenizer, probes: Sequence[dict[str, str]], probe_types: Seq
     return collate(seqs, tokenizer.pad_token_id), tuple(kinds)
 
 
-def summed_logps(model: torch.nn.Module, params: dict[str, torch.Tensor], batch: EncodedBatch) -> torch.Tensor:
-    """Return (N,) log pi(y | x) SUMMED over response tokens, as a function of ``params`` (torch.func-ready).
-
-    Math: sum_m log pi(y_m | x, y_<m), teacher forcing; position l predicts token l + 1.
-    """
-    logits = functional_call(model, params, (batch.input_ids,), {"attention_mask": batch.attention_mask}).logits
-    return logps_from_logits(logits, batch.input_ids, batch.response_mask).summed  # the engine's one reduction
-
-
-def _chunks(batch: EncodedBatch, size: int):
-    for start in range(0, batch.input_ids.shape[0], size):
-        sl = slice(start, start + size)
-        yield EncodedBatch(batch.input_ids[sl], batch.attention_mask[sl], batch.response_mask[sl])
-
-
 def loss_gradient(model: torch.nn.Module, params: dict[str, torch.Tensor], chosen: EncodedBatch,
                   rejected: EncodedBatch | None, loss: str, ref: tuple[torch.Tensor, torch.Tensor | None],
                   **hparams: float) -> dict[str, torch.Tensor]:
@@ -160,48 +143,6 @@ def loss_gradient(model: torch.nn.Module, params: dict[str, torch.Tensor], chose
     return {n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads)}
 
 
-def _rms_norm_same_dtype(self, hidden_states: torch.Tensor) -> torch.Tensor:
-    """RMSNorm (Llama/Qwen2 form) computed in the input's dtype instead of a float32 round trip."""
-    variance = hidden_states.pow(2).mean(-1, keepdim=True)
-    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
-
-
-@contextlib.contextmanager
-def full_precision(model: torch.nn.Module):
-    """Keep a float64 model in float64 inside the modules that upcast to float32 on their own.
-
-    Llama-family models (Llama, Qwen2, ...) compute RMSNorm and the eager-attention softmax in float32 whatever the
-    model dtype, a guard meant for half precision. In a float64 Prop. 1 check that adds a float32 rounding floor to
-    the measured change, which the first-order prediction does not have, so the remainder stops shrinking like
-    eta^2. Measured: the cpu validation preset with a Llama gave remainder slopes 1.77 / 1.68 (SFT / DPO) without this
-    context and 2.01 / 2.00 with it (GPT-2 has no such upcasts); the gpu preset's 59M Llama, checked without it, gave
-    r = 0.91 / 0.62 and a remainder floor of ~0.04. Inside the context (float64 models only; a no-op otherwise)
-    RMSNorm modules and ``torch.nn.functional.softmax`` keep float64. The rotary tables stay float32 in
-    transformers, but they do not depend on the parameters, so they cancel in the change.
-    """
-    if next(model.parameters()).dtype != torch.float64:
-        yield
-        return
-    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")
-             and hasattr(m, "variance_epsilon") and hasattr(m, "weight")]
-    softmax = torch.nn.functional.softmax
-
-    def softmax_same_dtype(x, dim=None, _stacklevel=3, dtype=None):
-        if dtype == torch.float32 and x.dtype == torch.float64:
-            dtype = None
-        return softmax(x, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
-
-    for m in norms:
-        m.forward = types.MethodType(_rms_norm_same_dtype, m)
-    torch.nn.functional.softmax = softmax_same_dtype
-    try:
-        yield
-    finally:
-        torch.nn.functional.softmax = softmax
-        for m in norms:
-            del m.forward
-
-
 def predicted_change(model: torch.nn.Module, params: dict[str, torch.Tensor], observed: EncodedBatch,
                      gradient: dict[str, torch.Tensor], eta: float, chunk_size: int = 256) -> torch.Tensor:
     """Return (N_o,) -eta <grad log pi(y_o | x_o), grad L>: Prop. 1's first-order change, minus sign included.
@@ -210,7 +151,7 @@ def predicted_change(model: torch.nn.Module, params: dict[str, torch.Tensor], ob
     References: PAPER.md section 2, "cheap exact first-order form".
     """
     out = []
-    for part in _chunks(observed, chunk_size):
+    for (part,) in batch_chunks(observed, chunk_size):
         _, tangent = jvp(lambda p: summed_logps(model, p, part), (params,), (gradient,))
         out.append(tangent)
     return -eta * torch.cat(out).cpu()
@@ -221,8 +162,8 @@ def measured_change(model: torch.nn.Module, params: dict[str, torch.Tensor], obs
     """Return (N_o,) log pi after the SGD step theta - eta g minus log pi before it (summed over tokens)."""
     stepped = {n: params[n] - eta * gradient[n] for n in params}
     with torch.no_grad():
-        before = torch.cat([summed_logps(model, params, c) for c in _chunks(observed, chunk_size)])
-        after = torch.cat([summed_logps(model, stepped, c) for c in _chunks(observed, chunk_size)])
+        before = torch.cat([summed_logps(model, params, c) for (c,) in batch_chunks(observed, chunk_size)])
+        after = torch.cat([summed_logps(model, stepped, c) for (c,) in batch_chunks(observed, chunk_size)])
     return (after - before).cpu()
 
 

@@ -1,0 +1,124 @@
+"""Functional log-probs of a causal LM and their directional derivatives (JVPs): the first-order toolkit.
+
+The engine's explain attribution (``llm.explain``), the kernel forecast (``llm.forecast``) and the Prop. 1 check
+(``llm.validation.prop1``) share these: ``summed_logps`` as a function of a parameter dict (torch.func-ready),
+``observed_logps`` (the same plus the teacher-forced argmax rows), ``directional_changes`` (one forward-mode
+product per direction: <grad_theta log pi(y_o | x_o), d> for every observed response, never one backward pass per
+probe) and ``full_precision`` (float64 kept inside the modules that upcast to float32 on their own).
+
+References: Ren & Sutherland, ICLR 2025, Proposition 1 (PAPER.md section 2, "cheap exact first-order form").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import types
+from typing import Iterator, Sequence
+
+import torch
+from torch.func import functional_call, jvp
+
+from llm.encoding import EncodedBatch
+from llm.logps import logps_from_logits
+
+__all__ = ["summed_logps", "observed_logps", "batch_chunks", "directional_changes", "full_precision"]
+
+
+def summed_logps(model: torch.nn.Module, params: dict[str, torch.Tensor], batch: EncodedBatch) -> torch.Tensor:
+    """Return (N,) log pi(y | x) SUMMED over response tokens, as a function of ``params`` (torch.func-ready).
+
+    Math: sum_m log pi(y_m | x, y_<m), teacher forcing; position l predicts token l + 1.
+    """
+    logits = functional_call(model, params, (batch.input_ids,), {"attention_mask": batch.attention_mask}).logits
+    return logps_from_logits(logits, batch.input_ids, batch.response_mask).summed  # the engine's one reduction
+
+
+def observed_logps(model: torch.nn.Module, params: dict[str, torch.Tensor], batch: EncodedBatch,
+                   argmax: torch.Tensor | None = None) -> torch.Tensor:
+    """Return (N,) summed log-probs; rows with ``argmax`` True score the TEACHER-FORCED argmax instead.
+
+    Args:
+        batch: (N, L) encoded (prompt, response) rows.
+        argmax: (N,) bool; a True row gives sum_m log max_v pi(v | x, y_<m) along its response prefix.
+
+    Math: the argmax rows' derivative is that of log pi(argmax token) at each position (Danskin: the maximiser is
+    locally constant), so a JVP of this function is the first-order change of both probe kinds.
+    """
+    logits = functional_call(model, params, (batch.input_ids,), {"attention_mask": batch.attention_mask}).logits
+    targets = batch.input_ids
+    if argmax is not None and bool(argmax.any()):
+        best = torch.cat([targets[:, :1], logits[:, :-1].detach().argmax(-1)], dim=1)  # (N, L): token l from z_{l-1}
+        targets = torch.where(argmax.unsqueeze(1) & batch.response_mask.bool(), best, targets)
+    return logps_from_logits(logits, targets, batch.response_mask).summed
+
+
+def batch_chunks(batch: EncodedBatch, size: int, *extra: torch.Tensor | None) -> Iterator[tuple]:
+    """Yield (chunk of ``batch``, matching rows of each ``extra`` tensor) of at most ``size`` rows."""
+    for start in range(0, batch.input_ids.shape[0], size):
+        sl = slice(start, start + size)
+        part = EncodedBatch(batch.input_ids[sl], batch.attention_mask[sl], batch.response_mask[sl])
+        yield (part, *[None if e is None else e[sl] for e in extra])
+
+
+def directional_changes(model: torch.nn.Module, params: dict[str, torch.Tensor], observed: EncodedBatch,
+                        directions: Sequence[dict[str, torch.Tensor]], argmax: torch.Tensor | None = None,
+                        chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return log pi_o at ``params`` (N_o,) and <grad_theta log pi_o, d_k> for every direction d_k (K, N_o).
+
+    Math: the first-order change of log pi(y_o | x_o) along a parameter change d is J_o d, one JVP per direction.
+    References: PAPER.md section 2 (Prop. 1 without building the V x V x M x L kernel).
+    """
+    values, changes = [], []
+    for part, rows in batch_chunks(observed, chunk_size, argmax):
+        per_dir = []
+        for d in directions:
+            value, tangent = jvp(lambda p: observed_logps(model, p, part, rows), (params,), (d,))
+            per_dir.append(tangent.detach())
+        if not directions:
+            with torch.no_grad():
+                value = observed_logps(model, params, part, rows)
+        values.append(value.detach())
+        changes.append(torch.stack(per_dir) if per_dir else value.new_zeros((0, value.shape[0])))
+    return torch.cat(values), torch.cat(changes, dim=1)
+
+
+def _rms_norm_same_dtype(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    """RMSNorm (Llama/Qwen2 form) computed in the input's dtype instead of a float32 round trip."""
+    variance = hidden_states.pow(2).mean(-1, keepdim=True)
+    return self.weight * (hidden_states * torch.rsqrt(variance + self.variance_epsilon))
+
+
+@contextlib.contextmanager
+def full_precision(model: torch.nn.Module):
+    """Keep a float64 model in float64 inside the modules that upcast to float32 on their own.
+
+    Llama-family models (Llama, Qwen2, ...) compute RMSNorm and the eager-attention softmax in float32 whatever the
+    model dtype, a guard meant for half precision. In a float64 Prop. 1 check that adds a float32 rounding floor to
+    the measured change, which the first-order prediction does not have, so the remainder stops shrinking like
+    eta^2. Measured: the cpu validation preset with a Llama gave remainder slopes 1.77 / 1.68 (SFT / DPO) without this
+    context and 2.01 / 2.00 with it (GPT-2 has no such upcasts); the gpu preset's 59M Llama, checked without it, gave
+    r = 0.91 / 0.62 and a remainder floor of ~0.04. Inside the context (float64 models only; a no-op otherwise)
+    RMSNorm modules and ``torch.nn.functional.softmax`` keep float64. The rotary tables stay float32 in
+    transformers, but they do not depend on the parameters, so they cancel in the change.
+    """
+    if next(model.parameters()).dtype != torch.float64:
+        yield
+        return
+    norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")
+             and hasattr(m, "variance_epsilon") and hasattr(m, "weight")]
+    softmax = torch.nn.functional.softmax
+
+    def softmax_same_dtype(x, dim=None, _stacklevel=3, dtype=None):
+        if dtype == torch.float32 and x.dtype == torch.float64:
+            dtype = None
+        return softmax(x, dim=dim, _stacklevel=_stacklevel, dtype=dtype)
+
+    for m in norms:
+        m.forward = types.MethodType(_rms_norm_same_dtype, m)
+    torch.nn.functional.softmax = softmax_same_dtype
+    try:
+        yield
+    finally:
+        torch.nn.functional.softmax = softmax
+        for m in norms:
+            del m.forward
