@@ -9,6 +9,8 @@ Notation (paper symbol -> code name, shape, meaning); N batch, V vocabulary/clas
 | A(x_o) = I - 1 pi^T | ``log_softmax_jacobian(pi)`` | (V, V) | Jacobian of log pi w.r.t. z at x_o |
 | K(x_o, x_u) | ``empirical_ntk(model, x_o, x_u)`` | (N_o, N_u, V, V) | empirical NTK of the logits |
 | G(x_u, y_u) = dL/dz | ``residual(loss, ...)`` | (V,) or (L, V) | residual set by the loss |
+| w_{i,t} = dL/dl_{i,t} | ``compute_group_weights(loss, ...)`` | (B, T) | per-token weight of a group objective |
+| A_i (group advantage) | ``group_advantages(rewards)`` | (P, G) | reward minus the group's baseline |
 | Delta log pi(y, x_o) | ``delta_log_pi`` | (N_o, V) | new minus old log-prob after one step |
 | eta | ``eta`` | scalar | learning rate |
 | c = eta ||x||^2 | ``c`` | scalar | step size of the linear-softmax squeeze |
@@ -16,6 +18,9 @@ Notation (paper symbol -> code name, shape, meaning); N batch, V vocabulary/clas
 
 from toykit.decomposition import (Decomposition, EtaSweep, decompose, diagonal_preconditioner, eta_sweep,
                                   loglog_slope)
+from toykit.group_losses import (GROUP_LOSSES, GroupLossSpec, GroupResidual, compute_group_loss,
+                                 compute_group_weights, get_group_loss, group_advantages, group_loss_names,
+                                 group_residual, rloo_advantages)
 from toykit.losses import LOSSES, LossSpec, compute_loss, compute_loss_grad, get_loss, loss_names
 from toykit.models import MLP, LinearSoftmax, SmallConvNet
 from toykit.ntk import check_preconditioner, empirical_ntk, linear_softmax_ntk, ntk_matrix, trainable_params
@@ -37,6 +42,9 @@ __all__ = [
     # losses and G
     "LossSpec", "LOSSES", "get_loss", "loss_names", "compute_loss", "compute_loss_grad",
     "Residual", "residual", "sequence_residual",
+    # online RL: the GRPO family over a group of sampled responses
+    "GroupLossSpec", "GROUP_LOSSES", "get_group_loss", "group_loss_names", "compute_group_loss",
+    "compute_group_weights", "group_advantages", "rloo_advantages", "GroupResidual", "group_residual",
     # Proposition 1
     "Decomposition", "EtaSweep", "decompose", "eta_sweep", "diagonal_preconditioner", "loglog_slope",
     # squeezing
