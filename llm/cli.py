@@ -19,7 +19,8 @@ from typing import Sequence
 
 from llm.config import EvalConfig, TrainConfig
 from llm.objective import NonFiniteLossError, Objective
-from toykit.configs import add_config_arguments, config_from_namespace
+from llm.presets import PRESETS, preset_fields
+from toykit.configs import add_config_arguments, config_from_dict, config_from_namespace
 from toykit.runs import read_json
 
 __all__ = ["main", "build_parser"]
@@ -43,7 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in helps.items():
         sub = subs.add_parser(name, help=text, description=text)  # field help already states the default
         add_config_arguments(sub, configs.get(name, TrainConfig))
+        if configs.get(name, TrainConfig) is TrainConfig:
+            sub.add_argument("--preset", choices=PRESETS, default=None,
+                             help="the paper's exact recipe (RMSprop 5e-7, warm-up (step+1)/151, clip 10, batch 4, "
+                                  "beta 0.1, 512 total / 256 prompt tokens, its truncation side and evaluation "
+                                  "cadence, probes = first 500 training examples; llm/presets.py documents each "
+                                  "field): paper-hh or paper-ultrafeedback; --config and flags override it")
     return parser
+
+
+def _with_preset(ns: argparse.Namespace) -> TrainConfig:
+    """The preset's fields, then the --config file's, then the explicit flags."""
+    given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig) if getattr(ns, f.name) is not None}
+    from_file = read_json(ns.config) if ns.config else {}
+    loss = given.get("loss") or from_file.get("loss") or _FIXED.get(ns.command, ("dpo",))[0]
+    base = {k: v for k, (v, _) in preset_fields(ns.preset, loss).items()}
+    return config_from_dict(TrainConfig, {**base, **from_file, **given}, where=f"--preset {ns.preset}/--config/flags")
 
 
 def _config(parser: argparse.ArgumentParser, ns: argparse.Namespace):
@@ -55,7 +71,7 @@ def _config(parser: argparse.ArgumentParser, ns: argparse.Namespace):
         return config_from_namespace(ValidateConfig, ns)
     if ns.command == "train" and ns.loss is None:
         parser.error("train needs --loss NAME; known: " + ", ".join(Objective.known()))
-    cfg = config_from_namespace(TrainConfig, ns)
+    cfg = _with_preset(ns) if getattr(ns, "preset", None) else config_from_namespace(TrainConfig, ns)
     if ns.command in _FIXED:
         allowed = _FIXED[ns.command]
         given = ns.loss or (read_json(ns.config).get("loss") if ns.config else None)

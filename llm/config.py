@@ -53,8 +53,13 @@ class _ModelData:
     leading_space: bool = _f(True, "prefix a space to responses that lack one (the GPT rephrases do)")
     max_prompt_tokens: int = _f(256, "prompt token budget")
     max_response_tokens: int = _f(256, "response token budget (eos included); longer responses keep their start")
-    prompt_overflow: Literal["error", "left_truncate"] = _f("error", "a prompt over its budget is refused or keeps "
-                                                            "its last tokens")
+    prompt_overflow: Literal["error", "left_truncate", "right_truncate"] = _f(
+        "error", "a prompt over its budget: error (refused), left_truncate (keeps its last tokens; the paper on HH) or "
+        "right_truncate (keeps its first tokens; the paper on UltraFeedback)")
+    max_total_tokens: int | None = _f(None, "total budget of prompt + response (the paper: 512): a prompt is cut to "
+                                      "--max-prompt-tokens only when prompt + the longest response of its record "
+                                      "exceed it, then responses keep their first tokens to fit; empty: separate "
+                                      "prompt and response budgets")
     seed: int = _f(0, "seed of data order, derived probes and tiny-model weights")
     out_dir: str | None = _f(None, "run directory (must not hold a run unless --resume); default runs/<time>-<phase>")
     runs_root: str = _f("runs", "parent of default run directories")
@@ -65,6 +70,9 @@ class _ModelData:
                      "probe_batch_size", "max_prompt_tokens", "max_response_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_total_tokens is not None and self.max_total_tokens <= self.max_prompt_tokens:
+            raise ValueError(f"max_total_tokens ({self.max_total_tokens}) must exceed max_prompt_tokens "
+                             f"({self.max_prompt_tokens})")
         if self.held_out < 0 or self.greedy_max_new_tokens < 0:
             raise ValueError(f"held_out and greedy_max_new_tokens must be >= 0, got {self.held_out}, "
                              f"{self.greedy_max_new_tokens}")
@@ -88,6 +96,8 @@ class TrainConfig(_ModelData):
     epochs: int = _f(1, "passes over the training pairs (honoured, unlike the paper's code)")
     max_examples: int | None = _f(None, "stop once this many training examples were seen (before the epochs end)")
     eval_every: int = _f(1000, "evaluate the probes every this many training examples (plus at step 0 and the end)")
+    eval_at_end: bool = _f(True, "also evaluate the probes after the last step when it is not on the --eval-every "
+                                 "cadence (the paper's code does not: it evaluates at 0, E, 2E, ... before a batch)")
     checkpoint_every: int = _f(0, "save a resumable checkpoint every this many steps (0: only at the end)")
     checkpoint_at_end: bool = _f(True, "save a checkpoint (model + optimizer state) when the run completes; runs "
                                        "chained in-process (validation phases) skip it")

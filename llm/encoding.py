@@ -12,24 +12,39 @@ from typing import Literal, Sequence
 
 import torch
 
-__all__ = ["TruncationPolicy", "EncodedSequence", "EncodedBatch", "encode_sequence", "collate", "truncation_report"]
+__all__ = ["TruncationPolicy", "EncodedSequence", "EncodedBatch", "encode_sequence", "encode_record", "collate",
+           "truncation_report", "PROMPT_OVERFLOW"]
+
+#: what a prompt over its budget does: refused, keeps its last tokens (HH in the paper), or keeps its first tokens
+#: (UltraFeedback in the paper).
+PROMPT_OVERFLOW = ("error", "left_truncate", "right_truncate")
 
 
 @dataclasses.dataclass(frozen=True)
 class TruncationPolicy:
-    """How prompts and responses are cut to token budgets (the paper: prompt 256, total 512)."""
+    """How prompts and responses are cut to token budgets (the paper: prompt 256, total 512).
+
+    Without ``max_total_tokens`` a prompt over ``max_prompt_tokens`` overflows and a response keeps its first
+    ``max_response_tokens``. With it, the paper's rule (its ``tokenize_batch_element``) applies per record (a prompt
+    and all its responses): only when prompt + the record's longest response exceed ``max_total_tokens`` is the prompt
+    cut to ``max_prompt_tokens``; if still too long, every response keeps its first ``max_total_tokens - prompt``.
+    """
 
     max_prompt_tokens: int = 256
     max_response_tokens: int = 256
-    prompt_overflow: Literal["error", "left_truncate"] = "error"
+    prompt_overflow: Literal["error", "left_truncate", "right_truncate"] = "error"
     append_eos: bool = True
+    max_total_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_prompt_tokens < 1 or self.max_response_tokens < 1:
             raise ValueError(f"token budgets must be >= 1, got prompt {self.max_prompt_tokens}, "
                              f"response {self.max_response_tokens}")
-        if self.prompt_overflow not in ("error", "left_truncate"):
-            raise ValueError(f"prompt_overflow must be 'error' or 'left_truncate', got {self.prompt_overflow!r}")
+        if self.prompt_overflow not in PROMPT_OVERFLOW:
+            raise ValueError(f"prompt_overflow must be one of {PROMPT_OVERFLOW}, got {self.prompt_overflow!r}")
+        if self.max_total_tokens is not None and self.max_total_tokens <= self.max_prompt_tokens:
+            raise ValueError(f"max_total_tokens ({self.max_total_tokens}) must exceed max_prompt_tokens "
+                             f"({self.max_prompt_tokens}) so that a response keeps at least one token")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,30 +77,67 @@ class EncodedBatch:
         return self.response_mask.sum(dim=1)
 
 
+def _tokens(tokenizer, response: str, policy: TruncationPolicy, where: str) -> list[int]:
+    ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
+    if policy.append_eos:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("policy.append_eos is set but the tokenizer has no eos token")
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError(f"{where}: response encodes to zero tokens" if where else "response encodes to zero tokens")
+    return ids
+
+
+def _cut_prompt(prompt_ids: list[int], policy: TruncationPolicy, where: str) -> list[int]:
+    if policy.prompt_overflow == "error":
+        raise ValueError(f"{where + ': ' if where else ''}prompt has {len(prompt_ids)} tokens, over the budget "
+                         f"max_prompt_tokens={policy.max_prompt_tokens} (set prompt_overflow='left_truncate' "
+                         "to keep its last tokens, 'right_truncate' to keep its first)")
+    if policy.prompt_overflow == "left_truncate":
+        return prompt_ids[-policy.max_prompt_tokens:]
+    return prompt_ids[: policy.max_prompt_tokens]
+
+
+def _encode(prompt_ids: list[int], responses: list[list[int]], policy: TruncationPolicy,
+            where: str) -> list[EncodedSequence]:
+    """Apply ``policy`` to one prompt and the token ids of its responses (eos already appended)."""
+    prompt_cut = list(prompt_ids)
+    limit = policy.max_response_tokens
+    if policy.max_total_tokens is None:
+        if len(prompt_cut) > policy.max_prompt_tokens:
+            prompt_cut = _cut_prompt(prompt_cut, policy, where)
+    else:  # the paper's rule: cut only when the record's longest sequence overflows the total budget
+        longest = max(len(r) for r in responses)
+        if len(prompt_cut) + longest > policy.max_total_tokens and len(prompt_cut) > policy.max_prompt_tokens:
+            prompt_cut = _cut_prompt(prompt_cut, policy, where)
+        limit = min(limit, policy.max_total_tokens - len(prompt_cut))
+    prompt_truncated = len(prompt_cut) < len(prompt_ids)
+    return [EncodedSequence(tuple(prompt_cut), tuple(r[:limit]), prompt_truncated, len(r) > limit)
+            for r in responses]
+
+
 def encode_sequence(tokenizer, prompt: str, response: str, policy: TruncationPolicy, where: str = "") -> EncodedSequence:
     """Encode ``prompt`` and ``response`` separately and apply ``policy``.
 
     The response keeps its first ``max_response_tokens`` tokens (eos appended first when ``policy.append_eos``);
-    a prompt over ``max_prompt_tokens`` is refused (ValueError naming ``where``) or keeps its last tokens.
+    a prompt over ``max_prompt_tokens`` is refused (ValueError naming ``where``) or keeps its last (first) tokens.
+    Under ``policy.max_total_tokens`` the response is its own record (see ``encode_record``).
     """
     prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    response_ids = list(tokenizer(response, add_special_tokens=False)["input_ids"])
-    if policy.append_eos:
-        if tokenizer.eos_token_id is None:
-            raise ValueError("policy.append_eos is set but the tokenizer has no eos token")
-        response_ids.append(tokenizer.eos_token_id)
-    if not response_ids:
-        raise ValueError(f"{where}: response encodes to zero tokens" if where else "response encodes to zero tokens")
-    prompt_truncated = len(prompt_ids) > policy.max_prompt_tokens
-    if prompt_truncated:
-        if policy.prompt_overflow == "error":
-            raise ValueError(f"{where + ': ' if where else ''}prompt has {len(prompt_ids)} tokens, over the budget "
-                             f"max_prompt_tokens={policy.max_prompt_tokens} (set prompt_overflow='left_truncate' "
-                             "to keep its last tokens)")
-        prompt_ids = prompt_ids[-policy.max_prompt_tokens:]
-    response_truncated = len(response_ids) > policy.max_response_tokens
-    response_ids = response_ids[: policy.max_response_tokens]
-    return EncodedSequence(tuple(prompt_ids), tuple(response_ids), prompt_truncated, response_truncated)
+    return _encode(prompt_ids, [_tokens(tokenizer, response, policy, where)], policy, where)[0]
+
+
+def encode_record(tokenizer, prompt: str, responses: Sequence[str], policy: TruncationPolicy,
+                  where: str = "") -> list[EncodedSequence]:
+    """Encode one prompt with all its responses (y+, y-, or every probe type), cutting them as one record.
+
+    Without ``policy.max_total_tokens`` this equals ``encode_sequence`` on each response; with it, the prompt is cut
+    the same way for every response, from the record's longest one (the paper's rule).
+    """
+    if not responses:
+        raise ValueError(f"{where}: a record needs at least one response" if where else "no responses to encode")
+    prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    return _encode(prompt_ids, [_tokens(tokenizer, r, policy, where) for r in responses], policy, where)
 
 
 def collate(sequences: Sequence[EncodedSequence], pad_token_id: int) -> EncodedBatch:

@@ -33,7 +33,8 @@ class RunInputs:
 
 def truncation_policy(cfg) -> TruncationPolicy:
     """The run's truncation policy (eos appended to every response, as TRL does)."""
-    return TruncationPolicy(cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.prompt_overflow, append_eos=True)
+    return TruncationPolicy(cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.prompt_overflow, append_eos=True,
+                            max_total_tokens=cfg.max_total_tokens)
 
 
 def _pairs(cfg) -> list[PreferencePair]:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from llm.data import ProbeSet
-from llm.encoding import EncodedSequence, TruncationPolicy, collate, encode_sequence, truncation_report
+from llm.encoding import EncodedSequence, TruncationPolicy, collate, encode_record, encode_sequence, truncation_report
 from llm.logps import STATISTICS, greedy_statistics, response_logits, response_statistics
 
 __all__ = ["ProbeResult", "ProbeEvaluator", "evaluate_sequential", "GREEDY_PROBE", "ARGMAX_PROBE",
@@ -104,12 +104,14 @@ class ProbeEvaluator:
         self.probe_set, self.batch_size = probe_set, batch_size
         self.greedy_max_new_tokens, self.autocast_dtype = greedy_max_new_tokens, autocast_dtype
         self.pad_token_id, self.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-        self.items: list[tuple[str, int, EncodedSequence]] = []
-        for probe, responses in probe_set.responses.items():
-            for i, (prompt, response) in enumerate(zip(probe_set.prompts, responses)):
-                if response is not None:
-                    where = f"{probe_set.source} probe {i} ({probe})"
-                    self.items.append((probe, i, encode_sequence(tokenizer, prompt, response, policy, where)))
+        encoded: dict[tuple[str, int], EncodedSequence] = {}
+        for i, prompt in enumerate(probe_set.prompts):  # one record per prompt: all its probe responses together
+            kept = [(probe, r[i]) for probe, r in probe_set.responses.items() if r[i] is not None]
+            seqs = encode_record(tokenizer, prompt, [text for _, text in kept], policy, f"{probe_set.source} probe {i}")
+            encoded.update({(probe, i): seq for (probe, _), seq in zip(kept, seqs)})
+        self.items: list[tuple[str, int, EncodedSequence]] = [
+            (probe, i, encoded[(probe, i)]) for probe, responses in probe_set.responses.items()
+            for i, response in enumerate(responses) if response is not None]
         self.order = sorted(range(len(self.items)), key=lambda k: self.items[k][2].length)
         self.truncation = truncation_report([s for _, _, s in self.items], policy)
 

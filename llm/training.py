@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from llm.checkpoint import load_checkpoint, probe_array_path, rewind_outputs, save_checkpoint
 from llm.config import RESUME_FREE_FIELDS, EvalConfig, TrainConfig
 from llm.parallel import SINGLE_PROCESS, World
-from llm.encoding import encode_sequence, truncation_report
+from llm.encoding import encode_record, truncation_report
 from llm.hooks import RunContext, StepContext, call_hooks, hooks_from_config, snapshot
 from llm.inputs import build_inputs
 from llm.objective import (NonFiniteLossError, Objective, batch_loss, make_pair_batch, precompute_reference_logps,
@@ -142,10 +142,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     model, tok, objective = inputs.model, inputs.tokenizer, Objective(cfg.loss, cfg.hparams())
     device = next(model.parameters()).device
     source = cfg.data or "synthetic pairs"
-    chosen = [encode_sequence(tok, p.prompt, p.chosen, inputs.policy, f"{source} pair {i}")
-              for i, p in enumerate(inputs.train_pairs)]
-    rejected = ([encode_sequence(tok, p.prompt, p.rejected, inputs.policy, f"{source} pair {i}")
-                 for i, p in enumerate(inputs.train_pairs)] if objective.needs_rejected else None)
+    records = [encode_record(tok, p.prompt, (p.chosen, p.rejected) if p.rejected else (p.chosen,), inputs.policy,
+                             f"{source} pair {i}")
+               for i, p in enumerate(inputs.train_pairs)]  # y+ and y- cut as one record (the paper's rule)
+    chosen = [r[0] for r in records]
+    rejected = [r[1] for r in records] if objective.needs_rejected else None
     evaluator = ProbeEvaluator(inputs.probes, tok, inputs.policy, batch_size=cfg.probe_batch_size,
                                greedy_max_new_tokens=cfg.greedy_max_new_tokens,
                                autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
@@ -252,7 +253,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
             timing["train_seconds"] += time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", ex_per_s=f"{len(idx) / (time.perf_counter() - t0):.1f}")
-            if seen // cfg.eval_every > (seen - len(idx)) // cfg.eval_every or step == plan.total_steps:
+            on_cadence = seen // cfg.eval_every > (seen - len(idx)) // cfg.eval_every
+            if (on_cadence and step < plan.total_steps) or (step == plan.total_steps and cfg.eval_at_end):
                 last = probe_now()
             if step == plan.total_steps:
                 break
