@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import field
 from typing import Literal
 
-from llm.objective import Objective
+from llm.objective import EXTEND, Objective
+from toykit.losses import check_hparams
+from toykit.runs import check_run_name
 
 __all__ = ["TrainConfig", "EvalConfig", "RESUME_FREE_FIELDS"]
 
 #: fields that may differ between a run and its resumption (they do not change what is computed).
 RESUME_FREE_FIELDS = ("resume", "stop_after_steps", "progress", "device")
+
+
+#: every size has a bound, so a typo cannot start a run that would not end (or exhaust memory).
+_UPPER_BOUNDS = {"tiny_vocab_size": 1_000_000, "tiny_hidden": 65_536, "tiny_layers": 1_024, "tiny_heads": 1_024,
+                 "num_synthetic": 10_000_000, "num_probes": 10_000_000, "greedy_max_new_tokens": 100_000,
+                 "probe_batch_size": 1_000_000, "max_prompt_tokens": 1_000_000, "max_response_tokens": 1_000_000}
 
 
 def _f(default, help_text: str):
@@ -66,6 +75,17 @@ class _ModelData:
     progress: bool = _f(True, "show a progress bar")
 
     def _check_common(self) -> None:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", str(self.device)):
+            raise ValueError(f"--device {self.device!r} is not a device; expected cpu, cuda, cuda:N, mps or auto")
+        if not 0 <= self.seed < 2 ** 32:
+            raise ValueError(f"--seed must be an integer in [0, 2**32), got {self.seed}")
+        for name, high in _UPPER_BOUNDS.items():
+            if getattr(self, name) > high:
+                raise ValueError(f"--{name.replace('_', '-')} must be <= {high}, got {getattr(self, name)}")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise ValueError(f"--max-pairs must be >= 1 (or left out for all pairs), got {self.max_pairs}")
+        if self.phase:
+            check_run_name(self.phase)
         for name in ("tiny_vocab_size", "tiny_hidden", "tiny_layers", "tiny_heads", "num_synthetic", "num_probes",
                      "probe_batch_size", "max_prompt_tokens", "max_response_tokens"):
             if getattr(self, name) < 1:
@@ -130,6 +150,12 @@ class TrainConfig(_ModelData):
             raise ValueError(f"max_examples must be >= 1, got {self.max_examples}")
         if self.resume and not self.out_dir:
             raise ValueError("--resume needs --out-dir (the run to continue)")
+        if self.stop_after_steps is not None and self.stop_after_steps < 1:
+            raise ValueError(f"--stop-after-steps must be >= 1 (or left out), got {self.stop_after_steps}")
+        for name, value in self.hparams().items():
+            if isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"--{name} must be a finite number, got {value!r}")
+        check_hparams("sft" if self.loss == EXTEND else self.loss, self.hparams())
 
     def hparams(self) -> dict[str, float]:
         """The loss hyperparameters that were set (the registry supplies the others)."""

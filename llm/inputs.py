@@ -14,7 +14,7 @@ from llm.encoding import TruncationPolicy
 from llm.models import TINY_ARCHS, load_model, resolve_device, resolve_dtype, tiny_model
 from llm.tokenization import check_tokenizer, load_tokenizer, train_bpe_tokenizer
 
-__all__ = ["RunInputs", "build_inputs", "truncation_policy"]
+__all__ = ["RunInputs", "build_inputs", "truncation_policy", "check_device", "check_pairs_differ"]
 
 _TINY = "tiny-"
 
@@ -35,6 +35,23 @@ def truncation_policy(cfg) -> TruncationPolicy:
     """The run's truncation policy (eos appended to every response, as TRL does)."""
     return TruncationPolicy(cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.prompt_overflow, append_eos=True,
                             max_total_tokens=cfg.max_total_tokens)
+
+
+def check_device(cfg):
+    """Resolve ``cfg.device`` and refuse ``--bf16`` where it cannot apply (bf16 autocast is CUDA-only here)."""
+    device = resolve_device(cfg.device)
+    if cfg.bf16 and device.type != "cuda":
+        raise ValueError(f"--bf16 needs a CUDA device, but --device {cfg.device} is {device.type}; drop --bf16 "
+                         "(or --bf16 false) on this machine")
+    return device
+
+
+def check_pairs_differ(pairs: list[PreferencePair], source: str, loss: str) -> None:
+    """Refuse pairs whose chosen and rejected responses are the same text: a paired loss learns nothing from them."""
+    same = [i for i, p in enumerate(pairs) if p.chosen == p.rejected]
+    if same:
+        raise ValueError(f"{source}: pair {same[0]} (0-based; {len(same)} such pairs) has chosen == rejected; loss "
+                         f"{loss!r} compares the two, so drop or fix these pairs")
 
 
 def _pairs(cfg) -> list[PreferencePair]:
@@ -100,7 +117,8 @@ def build_inputs(cfg, *, model=None, tokenizer=None, pairs=None, probes=None, to
                                  f"{[_TINY + a for a in TINY_ARCHS]}")
             model = tiny_model(arch, len(tokenizer), seed=cfg.seed, dtype=cfg.dtype, hidden=cfg.tiny_hidden,
                                layers=cfg.tiny_layers, heads=cfg.tiny_heads,
-                               max_positions=cfg.max_prompt_tokens + cfg.max_response_tokens,
+                               max_positions=cfg.max_prompt_tokens + max(cfg.max_response_tokens,
+                                                                         cfg.greedy_max_new_tokens),
                                pad_token_id=tokenizer.pad_token_id,
                                eos_token_id=tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0)
         else:

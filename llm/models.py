@@ -6,6 +6,8 @@ policy's own at step 0 (the DPO log-ratio is exactly 0 there, unlike the paper's
 
 from __future__ import annotations
 
+import re
+
 import torch
 from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, PretrainedConfig,
                           PreTrainedModel, Qwen2Config)
@@ -14,6 +16,7 @@ __all__ = ["TINY_ARCHS", "tiny_config", "tiny_model", "load_model", "resolve_dty
 
 TINY_ARCHS = ("gpt2", "llama", "gpt_neox", "qwen2")
 
+_DEVICE_NAME = re.compile(r"auto|cpu|mps|cuda(:[0-9]+)?")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -28,10 +31,16 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """Return ``cuda`` when available for "auto", else the named device."""
+    if not isinstance(name, str) or not _DEVICE_NAME.fullmatch(name):
+        raise ValueError(f"--device {name!r} is not a device; expected cpu, cuda, cuda:N, mps or auto")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available")
+        raise ValueError(f"--device {name!r} requested but CUDA is not available")
+    if name.startswith("cuda:") and int(name[5:]) >= torch.cuda.device_count():
+        raise ValueError(f"--device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device 'mps' requested but MPS is not available")
     return torch.device(name)
 
 

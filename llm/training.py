@@ -3,7 +3,13 @@
 ``train(cfg)`` writes a run directory: config.json (first), env.json, tokenizer/, metrics.jsonl (a TRL-named
 training row per optimizer step and one tidy row per probe type and statistic per evaluation), probes/step_*.npz
 (per-example arrays; their key order in probes/keys.json), checkpoint.pt, model/ and summary.json. The data order of
-epoch e is a permutation seeded by (cfg.seed, e), so a resumed run replays exactly the batches it would have seen.
+epoch e is a permutation seeded by (cfg.seed, e), so a resumed run replays exactly the batches it would have seen;
+torch's global generator (dropout) is seeded from cfg.seed and saved in every checkpoint.
+
+Every input is checked (config, run folder, data, model, tokenizer, encodings) before the run folder is created, so
+a refused input leaves nothing behind. Every file is written through ``toykit.runs.atomic_path`` (temporary name,
+fsync, rename), and what a killed run lacks (env.json, tokenizer/, the reference, model/, summary.json) is rebuilt
+on ``--resume``, so a kill at any moment resumes to the uninterrupted run's files.
 """
 
 from __future__ import annotations
@@ -19,18 +25,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from llm.checkpoint import load_checkpoint, probe_array_path, rewind_outputs, save_checkpoint
+from llm.checkpoint import (load_checkpoint, load_tensors, probe_array_path, rewind_outputs, save_checkpoint,
+                            save_tensors)
 from llm.config import RESUME_FREE_FIELDS, EvalConfig, TrainConfig
 from llm.parallel import SINGLE_PROCESS, World
 from llm.encoding import encode_record, truncation_report
 from llm.hooks import RunContext, StepContext, call_hooks, hooks_from_config, snapshot
-from llm.inputs import build_inputs
+from llm.inputs import build_inputs, check_device, check_pairs_differ
 from llm.objective import (NonFiniteLossError, Objective, batch_loss, make_pair_batch, precompute_reference_logps,
                            trl_metrics)
 from llm.optim import build_optimizer, warmup_schedule
 from llm.probes import ProbeEvaluator, ProbeResult
 from toykit.configs import config_to_dict
-from toykit.runs import MetricsWriter, create_run_dir, read_json, write_json
+from toykit.runs import (MetricsWriter, atomic_path, check_run_dir, create_run_dir, read_json, write_env,
+                         write_json)
 
 __all__ = ["TrainResult", "train", "evaluate", "epoch_order", "NonFiniteLossError"]
 
@@ -106,8 +114,20 @@ def _evaluate(evaluator: ProbeEvaluator, model, run_dir: Path, writer: MetricsWr
     if not keys_path.exists():
         write_json(keys_path, {"keys": list(arrays), "num_probes": len(evaluator.probe_set),
                                "probe_set": evaluator.probe_set.describe()})
-    np.savez(probe_array_path(run_dir, step), **arrays)
+    with atomic_path(probe_array_path(run_dir, step)) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
     return result
+
+
+def _means(result: ProbeResult | None) -> dict[str, float]:
+    return {f"{p}/{s}": v for (p, s), v in (result.means().items() if result else [])}
+
+
+def _save_tokenizer(tokenizer, run_dir: Path) -> None:
+    """Write the run's tokenizer/ (atomically) unless a complete one is there (rebuilt when a kill lost it)."""
+    if not (run_dir / "tokenizer").is_dir():
+        with atomic_path(run_dir / "tokenizer") as tmp:
+            tokenizer.save_pretrained(str(tmp))
 
 
 def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None, *,
@@ -125,31 +145,43 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     Raises:
         NonFiniteLossError: the loss became NaN/inf; summary.json says where, metrics written so far are kept.
     """
+    torch.manual_seed(cfg.seed)  # dropout and any other draw from torch's global generator follow --seed
     resuming = world.broadcast(cfg.resume and (Path(cfg.out_dir) / "config.json").exists())
+    run_dir = Path(cfg.out_dir) if resuming else None
     if resuming:
-        run_dir = Path(cfg.out_dir)
         _check_resumable(cfg, run_dir)
     else:
-        run_dir = world.broadcast(create_run_dir(cfg, cfg.phase_name, out_dir=cfg.out_dir, root=cfg.runs_root)
-                                  if world.is_main else None)
-    if cfg.bf16 and cfg.device == "cpu":
-        raise ValueError("bf16 autocast needs a CUDA device; drop --bf16 or use --device cuda")
-    with world.main_first():  # the other ranks load the tokenizer the main process trained and saved
+        check_run_dir(cfg.out_dir)
+    check_device(cfg)
+
+    def prepare(tokenizer_dir: Path | None):
         inputs = build_inputs(cfg, model=model, tokenizer=tokenizer, pairs=pairs, probes=probes,
-                              tokenizer_dir=run_dir / "tokenizer" if resuming or not world.is_main else None)
-        if not resuming and world.is_main:
-            inputs.tokenizer.save_pretrained(str(run_dir / "tokenizer"))
-    model, tok, objective = inputs.model, inputs.tokenizer, Objective(cfg.loss, cfg.hparams())
+                              tokenizer_dir=tokenizer_dir)
+        objective, tok, source = Objective(cfg.loss, cfg.hparams()), inputs.tokenizer, cfg.data or "synthetic pairs"
+        if objective.needs_rejected:
+            check_pairs_differ(inputs.train_pairs, source, cfg.loss)
+        records = [encode_record(tok, p.prompt, (p.chosen, p.rejected) if p.rejected else (p.chosen,),
+                                 inputs.policy, f"{source} pair {i}")
+                   for i, p in enumerate(inputs.train_pairs)]  # y+ and y- cut as one record (the paper's rule)
+        chosen = [r[0] for r in records]
+        rejected = [r[1] for r in records] if objective.needs_rejected else None
+        evaluator = ProbeEvaluator(inputs.probes, tok, inputs.policy, batch_size=cfg.probe_batch_size,
+                                   greedy_max_new_tokens=cfg.greedy_max_new_tokens,
+                                   autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
+        return inputs, objective, chosen, rejected, evaluator
+
+    if world.is_main:  # every refusal happens here, before the run folder exists
+        inputs, objective, chosen, rejected, evaluator = prepare(run_dir / "tokenizer" if resuming else None)
+        if not resuming:
+            run_dir = create_run_dir(cfg, cfg.phase_name, out_dir=cfg.out_dir, root=cfg.runs_root)
+        elif not (run_dir / "env.json").exists():
+            write_env(run_dir)
+        _save_tokenizer(inputs.tokenizer, run_dir)
+    run_dir = world.broadcast(run_dir)
+    if not world.is_main:  # the other ranks load the tokenizer the main process trained and saved
+        inputs, objective, chosen, rejected, evaluator = prepare(run_dir / "tokenizer")
+    model, tok = inputs.model, inputs.tokenizer
     device = next(model.parameters()).device
-    source = cfg.data or "synthetic pairs"
-    records = [encode_record(tok, p.prompt, (p.chosen, p.rejected) if p.rejected else (p.chosen,), inputs.policy,
-                             f"{source} pair {i}")
-               for i, p in enumerate(inputs.train_pairs)]  # y+ and y- cut as one record (the paper's rule)
-    chosen = [r[0] for r in records]
-    rejected = [r[1] for r in records] if objective.needs_rejected else None
-    evaluator = ProbeEvaluator(inputs.probes, tok, inputs.policy, batch_size=cfg.probe_batch_size,
-                               greedy_max_new_tokens=cfg.greedy_max_new_tokens,
-                               autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
 
     ref_c = ref_r = ref_model = None
     state = load_checkpoint(run_dir, map_location=device) if resuming else None
@@ -158,18 +190,19 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
         if objective.needs_reference and cfg.reference == "precomputed":
             ref_path = run_dir / "reference_logps.pt"
             if reuse and ref_path.exists():
-                ref_c, ref_r = torch.load(ref_path).values()
+                ref_c, ref_r = load_tensors(ref_path, map_location="cpu").values()
             else:  # the reference is the policy before any step, scored once for the whole dataset
                 ref_c, ref_r = precompute_reference_logps(model, chosen, rejected, tok.pad_token_id,
                                                           batch_size=cfg.probe_batch_size, bf16=cfg.bf16)
-                torch.save({"chosen": ref_c, "rejected": ref_r}, ref_path)
+                if world.is_main:
+                    save_tensors({"chosen": ref_c, "rejected": ref_r}, ref_path)
         elif objective.needs_reference:
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
             ref_path = run_dir / "reference_model.pt"
             if reuse and ref_path.exists():
-                ref_model.load_state_dict(torch.load(ref_path, map_location=device))
-            else:
-                torch.save(ref_model.state_dict(), ref_path)
+                ref_model.load_state_dict(load_tensors(ref_path, map_location=device))
+            elif world.is_main:
+                save_tensors(ref_model.state_dict(), ref_path)
 
     optimizer = build_optimizer(cfg.optimizer, model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 momentum=cfg.momentum)
@@ -196,6 +229,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
                "truncation_probes": evaluator.truncation, "probe_set": inputs.probes.describe()}
     timing = {"train_seconds": 0.0, "probe_seconds": 0.0}
     last = None
+    final_probes = state.get("final_probes", {}) if state is not None else {}  # a kill after the end checkpoint
     hooks = [*hooks, *hooks_from_config(cfg)]
     if hooks and world.world_size > 1:
         raise ValueError("step hooks (explain) run in a single process only")
@@ -279,27 +313,32 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     writer.close()
     if not world.is_main:
         return TrainResult(run_dir, model, tok, "completed", step, seen, None, summary)
+    if last is not None:
+        final_probes = _means(last)
     if cfg.checkpoint_at_end:
         save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                        examples_seen=seen, metrics_path=metrics_path)
+                        examples_seen=seen, metrics_path=metrics_path, extra={"final_probes": final_probes})
     if cfg.save_model:
-        model.save_pretrained(str(run_dir / "model"))
-        tok.save_pretrained(str(run_dir / "model"))
+        with atomic_path(run_dir / "model") as tmp:
+            model.save_pretrained(str(tmp))
+            tok.save_pretrained(str(tmp))
     total = timing["train_seconds"] + timing["probe_seconds"]
     summary.update(status="completed", step=step, examples_seen=seen, epochs_completed=seen / len(chosen), **timing,
-                   probe_share=timing["probe_seconds"] / total if total else None,
-                   final_probes={f"{p}/{s}": v for (p, s), v in (last.means().items() if last else [])})
+                   probe_share=timing["probe_seconds"] / total if total else None, final_probes=final_probes)
     write_json(run_dir / "summary.json", summary)
     return TrainResult(run_dir, model, tok, "completed", step, seen, last, summary)
 
 
 def evaluate(cfg: EvalConfig, model=None, tokenizer=None, probes=None) -> tuple[ProbeResult, Path]:
     """Evaluate every probe type on a model and write a run directory with step-0 rows and arrays."""
-    run_dir = create_run_dir(cfg, cfg.phase, out_dir=cfg.out_dir, root=cfg.runs_root)
+    torch.manual_seed(cfg.seed)
+    check_run_dir(cfg.out_dir)
+    check_device(cfg)
     inputs = build_inputs(cfg, model=model, tokenizer=tokenizer, probes=probes, need_pairs=not cfg.probes)
     evaluator = ProbeEvaluator(inputs.probes, inputs.tokenizer, inputs.policy, batch_size=cfg.probe_batch_size,
                                greedy_max_new_tokens=cfg.greedy_max_new_tokens,
                                autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
+    run_dir = create_run_dir(cfg, cfg.phase, out_dir=cfg.out_dir, root=cfg.runs_root)  # every input checked first
     t0 = time.perf_counter()
     with MetricsWriter(run_dir / "metrics.jsonl") as writer:
         result = _evaluate(evaluator, inputs.model, run_dir, writer, 0, 0, cfg.phase)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -93,10 +94,15 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise ValueError(f"{where}: expected an integer, got {value!r}") from None
     if annotation is float:
+        if isinstance(value, bool):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ValueError(f"{where}: expected a number, got {value!r}") from None
+        if not math.isfinite(number):
+            raise ValueError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if annotation is str:
         if not isinstance(value, (str, int, float)):
             raise ValueError(f"{where}: expected a string, got {value!r}")

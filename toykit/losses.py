@@ -423,6 +423,14 @@ def _check_hparams(spec: LossSpec, hparams: Mapping[str, float]) -> dict[str, fl
     return merged
 
 
+def check_hparams(name: str, hparams: Mapping[str, float]) -> dict[str, float]:
+    """Return the hyperparameters loss ``name`` uses (defaults filled in); ValueError for a bad value or a typo.
+
+    Configs call it when they are built, so a bad ``--beta`` is refused before a run starts.
+    """
+    return _check_hparams(get_loss(name), hparams)
+
+
 def _check_tensors(spec: LossSpec, tensors: dict[str, Tensor | None]) -> None:
     """Refuse missing, non-float, mis-shaped or non-finite inputs, naming the argument and the loss."""
     needed = ["chosen_logps"] + (["rejected_logps"] if spec.paired else [])
