@@ -103,7 +103,8 @@ class TrainConfig(_ModelData):
     """Finetune a causal LM with SFT, "extend" SFT or any loss of the toykit registry, tracking probe log-probs."""
 
     loss: str = _f("sft", "objective: a toykit.losses name (sft, dpo, ipo, slic, hinge, cdpo, robust, simpo, dpop, "
-                   "rpo, apo_zero, nca, sppo_hard, orpo) or extend (SFT on y+ and y-)")
+                   "rpo, apo_zero, nca, sppo_hard, orpo, exo_pair, bco_pair, apo_down, discopop, aot, aot_unpaired, "
+                   "ipo_norm, dpo_norm, rpo_batch) or extend (SFT on y+ and y-)")
     phase: str = _f("", "phase label written in metrics rows; default: the loss name")
     optimizer: Literal["sgd", "adamw", "rmsprop"] = _f("adamw", "optimizer (the paper: rmsprop)")
     lr: float = _f(1e-3, "peak learning rate eta")

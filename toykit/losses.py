@@ -6,7 +6,9 @@ per-example loss with the inputs' leading shape (N,) (any leading shape works). 
 response tokens; ``*_lengths`` are token counts (default 1), used only by length-normalised terms.
 Notation: lp+ = chosen_logps, lp- = rejected_logps, r+ = lp+ - ref+, r- = lp- - ref-, h = r+ - r-,
 s = sigmoid. Each ``LossSpec.grad`` is the hand-derived (dL/dlp+, dL/dlp-) that ``toykit.residuals`` turns
-into G = dL/dz; tests check it against autograd.
+into G = dL/dz; tests check it against autograd. The losses TRL 1.16 has beyond the core set (exo_pair, bco_pair,
+apo_down, discopop, aot, aot_unpaired) and TRL's conventions as named variants (ipo_norm, dpo_norm, rpo_batch)
+live in ``toykit.losses_trl`` and are registered here; the online-RL group objectives are ``toykit.group_losses``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Callable, Mapping
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from toykit import losses_trl as trl_forms
 
 __all__ = ["LossSpec", "LOSSES", "get_loss", "loss_names", "compute_loss", "compute_loss_grad"]
 
@@ -324,6 +328,8 @@ class LossSpec:
     formula: str
     reference: str
     hyperparams: Mapping[str, str] = field(default_factory=dict)
+    couples_batch: bool = False  # True when example k's loss reads other examples (AOT's sort, RPO's batch mean)
+    rules: Mapping[str, tuple[Callable[[float], bool], str]] = field(default_factory=dict)  # overrides _RULES
 
 
 _BETA_HELP = "inverse temperature of the implicit reward beta (log pi - log pi_ref); must be > 0"
@@ -337,6 +343,7 @@ _RULES: dict[str, tuple[Callable[[float], bool], str]] = {
     "delta": (lambda v: v >= 0, ">= 0"),
     "gamma": (lambda v: v >= 0, ">= 0"),
     "alpha": (lambda v: v >= 0, ">= 0"),
+    "tau": (lambda v: v > 0, "> 0"),
 }
 
 
@@ -352,13 +359,14 @@ def _docline(fn: Callable, key: str) -> str:
     return " ".join(part.strip() for part in section).rstrip(".")
 
 
-def _spec(fn, grad, *, paired: bool, uses_reference: bool, hyperparams: dict[str, str]) -> LossSpec:
+def _spec(fn, grad, *, paired: bool, uses_reference: bool, hyperparams: dict[str, str], couples_batch: bool = False,
+          rules: dict | None = None) -> LossSpec:
     defaults = {n: p.default for n, p in inspect.signature(fn).parameters.items()
                 if p.kind is p.KEYWORD_ONLY and not n.endswith("_lengths")}
     if set(defaults) != set(hyperparams):
         raise AssertionError(f"loss {fn.__name__!r}: hyperparams help {sorted(hyperparams)} != {sorted(defaults)}")
     return LossSpec(fn.__name__, fn, grad, paired, uses_reference, defaults, _docline(fn, "Math:"),
-                    _docline(fn, "References:"), hyperparams)
+                    _docline(fn, "References:"), hyperparams, couples_batch, rules or {})
 
 
 LOSSES: dict[str, LossSpec] = {s.name: s for s in [
@@ -388,6 +396,27 @@ LOSSES: dict[str, LossSpec] = {s.name: s for s in [
     _spec(orpo, _orpo_grad, paired=True, uses_reference=False,
           hyperparams={"beta": "weight of the odds-ratio term -log s(log_odds) added to the per-token NLL on y+ "
                                "(the paper's lambda); > 0"}),
+    # TRL 1.16's DPOTrainer losses beyond the core set, and its conventions as named variants (toykit.losses_trl)
+    _spec(trl_forms.exo_pair, trl_forms._exo_pair_grad, paired=True, uses_reference=True,
+          hyperparams={"beta": _BETA_HELP, "eps": "label smoothing of the target preference (1 - eps, eps); "
+                                                  "in (0, 0.5)"},
+          rules={"eps": (lambda v: 0 < v < 0.5, "in (0, 0.5)")}),
+    _spec(trl_forms.bco_pair, trl_forms._bco_pair_grad, paired=True, uses_reference=True,
+          hyperparams={"beta": _BETA_HELP}),
+    _spec(trl_forms.apo_down, trl_forms._apo_down_grad, paired=True, uses_reference=True,
+          hyperparams={"beta": _BETA_HELP}),
+    _spec(trl_forms.discopop, trl_forms._discopop_grad, paired=True, uses_reference=True,
+          hyperparams={"beta": _BETA_HELP, "tau": "temperature of DiscoPOP's mixing coefficient s(beta h / tau); > 0"}),
+    _spec(trl_forms.aot, trl_forms._aot_grad, paired=True, uses_reference=True, couples_batch=True,
+          hyperparams={"beta": _BETA_HELP, "eps": _EPS_HELP}),
+    _spec(trl_forms.aot_unpaired, trl_forms._aot_unpaired_grad, paired=True, uses_reference=True,
+          couples_batch=True, hyperparams={"beta": _BETA_HELP, "eps": _EPS_HELP}),
+    _spec(trl_forms.ipo_norm, trl_forms._ipo_norm_grad, paired=True, uses_reference=True,
+          hyperparams={"beta": "IPO's tau on per-token-averaged log-ratios; target margin 1/(2 beta) per token; > 0"}),
+    _spec(trl_forms.dpo_norm, trl_forms._dpo_norm_grad, paired=True, uses_reference=True,
+          hyperparams={"beta": "inverse temperature on per-token-averaged log-ratios; > 0"}),
+    _spec(trl_forms.rpo_batch, trl_forms._rpo_batch_grad, paired=True, uses_reference=True, couples_batch=True,
+          hyperparams={"beta": _BETA_HELP, "alpha": "weight of the NLL on y+ as one token mean over the batch; >= 0"}),
 ]}
 
 
@@ -415,7 +444,7 @@ def _check_hparams(spec: LossSpec, hparams: Mapping[str, float]) -> dict[str, fl
                              f"this loss takes {sorted(spec.defaults) or 'none'}")
     merged = {**spec.defaults, **{k: v for k, v in hparams.items() if k in spec.defaults}}
     for name, value in merged.items():
-        test, valid = _RULES[name]
+        test, valid = spec.rules.get(name, _RULES[name])
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"loss {spec.name!r}: hyperparameter {name} must be a finite number, got {value!r}")
         if not test(value):

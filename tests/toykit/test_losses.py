@@ -9,7 +9,7 @@ import torch
 
 from toykit.losses import LOSSES, compute_loss, compute_loss_grad, get_loss, loss_names
 
-HPARAMS = {"beta": 0.7, "eps": 0.2, "lam": 0.3, "delta": 2.0, "gamma": 0.8, "alpha": 0.5}
+HPARAMS = {"beta": 0.7, "eps": 0.2, "lam": 0.3, "delta": 2.0, "gamma": 0.8, "alpha": 0.5, "tau": 0.3}
 SHAPES = [(9,), (3, 4), (2, 3, 2)]
 
 
@@ -27,6 +27,15 @@ def _log_odds(m_c, m_r):
     def log1m_exp(m):
         return math.log(-math.expm1(min(m, -1e-12)))  # log(1 - e^m) without cancellation near m = 0
     return (m_c - m_r) - (log1m_exp(m_c) - log1m_exp(m_r))
+
+
+def _exo(u, eps):
+    return _sig(u) * (_logsig(u) - math.log(1 - eps)) + _sig(-u) * (_logsig(-u) - math.log(eps))
+
+
+def _discopop(u, tau):
+    m = _sig(u / tau)
+    return -_logsig(u) * (1 - m) + math.exp(-u) * m
 
 
 # Scalar reference formulas, written from the API contract independently of toykit.losses.
@@ -52,7 +61,16 @@ REFERENCE = {
     "sppo_hard": lambda c, r, rc, rr, nc, nr, p: ((c - rc - 1 / (2 * p["beta"])) ** 2
                                                   + (r - rr + 1 / (2 * p["beta"])) ** 2),
     "orpo": lambda c, r, rc, rr, nc, nr, p: -c / nc - p["beta"] * _logsig(_log_odds(c / nc, r / nr)),
+    "exo_pair": lambda c, r, rc, rr, nc, nr, p: _exo(p["beta"] * ((c - rc) - (r - rr)), p["eps"]),
+    "bco_pair": lambda c, r, rc, rr, nc, nr, p: -_logsig(p["beta"] * (c - rc)) - _logsig(-p["beta"] * (r - rr)),
+    "apo_down": lambda c, r, rc, rr, nc, nr, p: (_sig(p["beta"] * (c - rc)) + 1
+                                                 - _sig(p["beta"] * ((c - rc) - (r - rr)))),
+    "discopop": lambda c, r, rc, rr, nc, nr, p: _discopop(p["beta"] * ((c - rc) - (r - rr)), p["tau"]),
+    "ipo_norm": lambda c, r, rc, rr, nc, nr, p: ((c - rc) / nc - (r - rr) / nr - 1 / (2 * p["beta"])) ** 2,
+    "dpo_norm": lambda c, r, rc, rr, nc, nr, p: -_logsig(p["beta"] * ((c - rc) / nc - (r - rr) / nr)),
 }
+# Losses whose example k reads the rest of the batch; checked against batch references below.
+COUPLED = {"aot", "aot_unpaired", "rpo_batch"}
 
 
 def _inputs(shape, seed=0, dtype=torch.float64):
@@ -75,7 +93,7 @@ def _hparams(name):
 
 
 def test_every_contract_loss_is_registered_with_its_defaults():
-    assert set(loss_names()) == set(REFERENCE)
+    assert set(loss_names()) == set(REFERENCE) | COUPLED
     assert get_loss("dpo").defaults == {"beta": 0.1}
     assert get_loss("slic").defaults == {"delta": 1.0, "lam": 1.0}
     assert get_loss("dpop").defaults == {"beta": 0.1, "lam": 50.0}
@@ -95,7 +113,7 @@ def test_spec_is_documented_and_grad_shares_the_defaults(name):
     assert grad_defaults == dict(spec.defaults)
 
 
-@pytest.mark.parametrize("name", loss_names())
+@pytest.mark.parametrize("name", sorted(REFERENCE))
 def test_loss_matches_scalar_reference_formula(name):
     x = _inputs((12,), seed=1)
     hp = _hparams(name)
@@ -250,3 +268,44 @@ def test_bad_inputs_are_refused_with_what_and_where():
     with pytest.raises(ValueError, match=r"chosen_logps must be a float tensor"):
         compute_loss("sft", chosen_logps=torch.tensor([1, 2]))
     assert set(LOSSES) == set(loss_names())
+
+
+def test_batch_coupled_losses_match_their_batch_references():
+    x = _inputs((10,), seed=6)
+    c, r, rc, rr = (x[k] for k in ("chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps"))
+    hp = {"beta": 0.7, "eps": 0.2}
+    for name, d in [("aot", torch.sort(c - r)[0] - torch.sort(rc - rr)[0]),
+                    ("aot_unpaired", torch.sort(c - rc)[0] - torch.sort(r - rr)[0])]:
+        want = [-(1 - 0.2) * _logsig(0.7 * v) - 0.2 * _logsig(-0.7 * v) for v in d.tolist()]
+        torch.testing.assert_close(compute_loss(name, **x, **hp), torch.tensor(want, dtype=torch.float64))
+    n = x["chosen_lengths"].double()
+    got = compute_loss("rpo_batch", **x, beta=0.7, alpha=0.5).mean()
+    want = compute_loss("dpo", **x, beta=0.7).mean() - 0.5 * c.sum() / n.sum()  # one token mean over the batch
+    torch.testing.assert_close(got, want)
+    # with equal lengths both RPO conventions agree; the batch mean weighs long responses more otherwise
+    same = {**x, "chosen_lengths": torch.full((10,), 7)}
+    torch.testing.assert_close(compute_loss("rpo_batch", **same), compute_loss("rpo", **same))
+
+
+def test_aot_sends_each_rank_gradient_back_to_its_example():
+    c = torch.tensor([-1.0, -9.0, -4.0], dtype=torch.float64)
+    zero = torch.zeros(3, dtype=torch.float64)
+    g_c, g_r = compute_loss_grad("aot", chosen_logps=c, rejected_logps=zero, ref_chosen_logps=zero,
+                                 ref_rejected_logps=zero, beta=1.0)
+    # margins -1, -9, -4 are ranks 2, 0, 1; the reference margins are all 0, so each example keeps its own weight
+    torch.testing.assert_close(g_c, -torch.sigmoid(-c))
+    torch.testing.assert_close(g_r, -g_c)
+
+
+def test_ipo_norm_equals_summed_ipo_with_beta_scaled_by_length_for_one_length():
+    x = _inputs((5,), seed=7)
+    n = 6
+    x = {**x, "chosen_lengths": torch.full((5,), n), "rejected_lengths": torch.full((5,), n)}
+    # (h/n - 1/(2b))^2 = (h - n/(2b))^2 / n^2: per-token IPO at beta is summed IPO at beta/n, divided by n^2
+    torch.testing.assert_close(compute_loss("ipo_norm", **x, beta=0.4), compute_loss("ipo", **x, beta=0.4 / n) / n**2)
+
+
+def test_exo_needs_a_positive_smoothing():
+    x = _inputs((3,))
+    with pytest.raises(ValueError, match=r"loss 'exo_pair': hyperparameter eps must be in \(0, 0.5\), got 0.0"):
+        compute_loss("exo_pair", **x, eps=0.0)

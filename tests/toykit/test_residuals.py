@@ -7,7 +7,7 @@ import torch
 from toykit.losses import compute_loss, compute_loss_grad, get_loss, loss_names
 from toykit.residuals import residual, sequence_residual
 
-HPARAMS = {"beta": 0.7, "eps": 0.2, "lam": 0.3, "delta": 2.0, "gamma": 0.8, "alpha": 0.5}
+HPARAMS = {"beta": 0.7, "eps": 0.2, "lam": 0.3, "delta": 2.0, "gamma": 0.8, "alpha": 0.5, "tau": 0.3}
 N, V = 5, 7
 
 
