@@ -173,15 +173,19 @@ class Judge:
         """Win rate of A over B: each prompt judged in both answer orders, a tie counting one half.
 
         Returns:
-            ``win_rate`` (wins + ties/2 over all judgements), ``wins``, ``ties``, ``losses`` (shares) and ``n``.
+            ``win_rate`` (wins + ties/2 over all judgements), ``wins``, ``ties``, ``losses`` (shares), ``n``
+            (judgements) and ``per_prompt`` (each prompt's outcome in [0, 1], its two orders averaged: the unit a
+            paired bootstrap resamples).
         """
         if not len(prompts) == len(responses_a) == len(responses_b) or not prompts:
             raise ValueError(f"win_rate needs equal, non-empty lists; got {len(prompts)} prompts, "
                              f"{len(responses_a)} and {len(responses_b)} responses")
-        outcomes = []
+        outcomes, per_prompt = [], []
         for p, a, b in zip(prompts, responses_a, responses_b):
-            outcomes.append(self.compare(p, a, b))
-            outcomes.append(-self.compare(p, b, a))
+            pair = (self.compare(p, a, b), -self.compare(p, b, a))
+            outcomes.extend(pair)
+            per_prompt.append(sum((o + 1) / 2 for o in pair) / 2)
         n = len(outcomes)
         wins, ties = sum(o > 0 for o in outcomes) / n, sum(o == 0 for o in outcomes) / n
-        return {"win_rate": wins + 0.5 * ties, "wins": wins, "ties": ties, "losses": 1.0 - wins - ties, "n": n}
+        return {"win_rate": wins + 0.5 * ties, "wins": wins, "ties": ties, "losses": 1.0 - wins - ties, "n": n,
+                "per_prompt": per_prompt}

@@ -31,8 +31,8 @@ from llm.validation.judge import Judge
 from llm.logps import greedy_decode
 from llm.models import load_model, resolve_device, tiny_model
 from llm.validation.prop1 import Prop1Config, plot_prop1, run_prop1, save_prop1
-from llm.validation.report import (CLAIMS, SeedResult, claims_document, evaluate_claims, plot_baseline_vs_extend,
-                        plot_probe_curves, report_markdown)
+from llm.validation.render import plot_baseline_vs_extend, plot_probe_curves, report_markdown
+from llm.validation.report import CLAIMS, SeedResult, claims_document, evaluate_regimes
 from llm.runs import read_run_metrics
 from llm.tokenization import build_word_tokenizer, load_tokenizer
 from llm.training import train
@@ -43,7 +43,7 @@ from toykit.runs import MetricsWriter, create_run_dir, write_json
 __all__ = ["Preset", "PRESETS", "ValidateConfig", "pretrain", "sample_responses", "greedy_responses",
            "onpolicy_pairs", "run_seed", "run_validation", "main"]
 
-_PROBE_STATS = ("logp_sum", "logp_mean")
+_PROBE_STATS = ("logp_sum", "logp_mean", "entropy", "energy", "peakiness", "top1_share", "valley_share")
 
 
 @dataclass(frozen=True)
@@ -402,10 +402,11 @@ def _write_outputs(run_dir: Path, cfg: ValidateConfig, preset: Preset, seeds: Se
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # rewritten whole: this run's own file, never appended
     with MetricsWriter(run_dir / "metrics.jsonl") as writer:
         writer.write_many(_mean_rows(seeds))
-    scored = evaluate_claims(seeds, CLAIMS)
+    regimes = evaluate_regimes(seeds, CLAIMS)
+    scored = regimes["small"]
     context = {"preset": cfg.preset, "seeds": done, "seconds": seconds,
                "model": cfg.model or f"{preset.arch} from scratch on the synthetic world"}
-    doc = claims_document(scored, context)
+    doc = claims_document(scored, context, regimes["large"])
     write_json(run_dir / "claims.json", doc)
     write_json(run_dir / "seeds.json", [{"seed": r.seed, "win_rate": r.win_rate, "prop1": r.prop1,
                                          "extras": r.extras} for r in seeds])

