@@ -20,7 +20,7 @@ from toykit.runs import check_run_name
 __all__ = ["TrainConfig", "EvalConfig", "RESUME_FREE_FIELDS"]
 
 #: fields that may differ between a run and its resumption (they do not change what is computed).
-RESUME_FREE_FIELDS = ("resume", "stop_after_steps", "progress", "device")
+RESUME_FREE_FIELDS = ("resume", "stop_after_steps", "progress", "device", "probe_mode")
 
 
 #: every size has a bound, so a typo cannot start a run that would not end (or exhaust memory).
@@ -59,6 +59,10 @@ class _ModelData:
     num_probes: int = _f(16, "number of probe prompts (the paper: the first 500 training examples)")
     greedy_max_new_tokens: int = _f(0, "> 0 adds the free-running greedy-decoding probe with this many tokens")
     probe_batch_size: int = _f(16, "sequences per forward pass when evaluating probes and reference log-probs")
+    probe_mode: Literal["shared", "full"] = _f("shared", "probe batching: shared (each prompt runs once and all its "
+                                               "responses continue from its key/value cache; falls back to full, "
+                                               "with a warning, on a model that cannot) or full (one sequence per "
+                                               "response, the reference path); both give the same values")
     leading_space: bool = _f(True, "prefix a space to responses that lack one (the GPT rephrases do)")
     max_prompt_tokens: int = _f(256, "prompt token budget")
     max_response_tokens: int = _f(256, "response token budget (eos included); longer responses keep their start")

@@ -1,14 +1,24 @@
 """Batched evaluation of every probe type of many prompts: the learning-dynamics curves of PAPER.md section 6.
 
-All (prompt, probe type) sequences are encoded once, sorted by length and evaluated in buckets of ``batch_size``
-sequences, never one example at a time. ``evaluate_sequential`` is the paper's method (one forward pass per example
-and probe type, batch 1), kept as the reference that tests and benchmarks compare against.
+All (prompt, probe type) sequences are encoded once and evaluated in batches of ``batch_size`` sequences, never one
+example at a time, in one of two modes (PROBE_MODES):
+
+- "shared" (the default): each prompt runs once and all of its responses are scored from its key/value cache
+  (``llm.prefix``), so a prompt with 12 probe responses costs |x| + 12 |y| tokens instead of 12 (|x| + |y|). Prompts
+  are taken in length order, grouped so that a group's responses fill about one batch; the cache is kept for one
+  group at a time, never for the whole set. Models that cannot continue from a cache fall back to "full" with a
+  warning.
+- "full": every [prompt, response] is its own sequence, sorted by length and right-padded (the reference path).
+
+``evaluate_sequential`` is the paper's method (one forward pass per example and probe type, batch 1), kept as the
+independent reference that tests and benchmarks compare against.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -17,9 +27,15 @@ import torch
 from llm.data import ProbeSet
 from llm.encoding import EncodedSequence, TruncationPolicy, collate, encode_record, encode_sequence, truncation_report
 from llm.logps import STATISTICS, greedy_statistics, response_logits, response_statistics
+from llm.prefix import SharingUnsupported, continuation_logits, group_by_budget, prefix_forward
 
 __all__ = ["ProbeResult", "ProbeEvaluator", "evaluate_sequential", "GREEDY_PROBE", "ARGMAX_PROBE",
-           "RESPONSE_STATISTICS", "GREEDY_STATISTICS"]
+           "RESPONSE_STATISTICS", "GREEDY_STATISTICS", "PROBE_MODES"]
+
+#: how probe sequences are batched: prompts shared across their responses (KV cache), or one sequence per response.
+PROBE_MODES = ("shared", "full")
+#: largest |logp_sum| difference (nats) between the modes accepted by the one-time check of a model's first batch.
+_SELF_CHECK_TOL = 1e-3
 
 #: free-running greedy decoding from the prompt, scored by its own log-prob.
 GREEDY_PROBE = "greedy"
@@ -85,23 +101,28 @@ class ProbeResult:
 
 
 class ProbeEvaluator:
-    """Evaluate a ProbeSet on any model in length-sorted batches; the set is tokenised once at construction.
+    """Evaluate a ProbeSet on any model in batches; the set is tokenised and planned once at construction.
 
     Args:
         probe_set: prompts and probe responses.
         tokenizer: the model's tokenizer (pad and eos checked by the caller).
         policy: truncation policy of the probe sequences (recorded in ``truncation``).
-        batch_size: sequences per forward pass.
+        batch_size: sequences (responses) per forward pass.
         greedy_max_new_tokens: > 0 adds the "greedy" probe: free-running greedy decoding of that many tokens at
             most, scored by its own log-prob (not the teacher-forced argmax).
         autocast_dtype: e.g. torch.bfloat16 to evaluate under CUDA autocast; log-softmax stays float32.
+        mode: one of PROBE_MODES. "shared" falls back to "full" (with a warning) on a model that cannot continue
+            from a key/value cache, or whose first shared batch differs from the full path; ``active_mode`` says
+            which ran.
     """
 
     def __init__(self, probe_set: ProbeSet, tokenizer, policy: TruncationPolicy, *, batch_size: int = 16,
-                 greedy_max_new_tokens: int = 0, autocast_dtype: torch.dtype | None = None):
+                 greedy_max_new_tokens: int = 0, autocast_dtype: torch.dtype | None = None, mode: str = "shared"):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.probe_set, self.batch_size = probe_set, batch_size
+        if mode not in PROBE_MODES:
+            raise ValueError(f"probe mode must be one of {', '.join(PROBE_MODES)}; got {mode!r}")
+        self.probe_set, self.batch_size, self.mode = probe_set, batch_size, mode
         self.greedy_max_new_tokens, self.autocast_dtype = greedy_max_new_tokens, autocast_dtype
         self.pad_token_id, self.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
         encoded: dict[tuple[str, int], EncodedSequence] = {}
@@ -114,6 +135,51 @@ class ProbeEvaluator:
             for i, response in enumerate(responses) if response is not None]
         self.order = sorted(range(len(self.items)), key=lambda k: self.items[k][2].length)
         self.truncation = truncation_report([s for _, _, s in self.items], policy)
+        self._plan_shared()
+        self.active_mode: str | None = None if mode == "shared" else "full"
+
+    def _plan_shared(self) -> None:
+        """Group the items by prompt: prompts in length order, groups of about one batch of responses.
+
+        ``groups`` lists (prompt ids, chunks): each chunk is up to ``batch_size`` item indices of the group, in
+        response-length order; ``unshared`` are the items of prompts under 2 tokens (nothing to share).
+        """
+        by_prompt: dict[int, list[int]] = {}
+        for k, (_, i, _) in enumerate(self.items):
+            by_prompt.setdefault(i, []).append(k)
+        shared = [i for i in by_prompt if len(self.items[by_prompt[i][0]][2].prompt_ids) >= 2]
+        self.unshared = sorted((k for i in by_prompt if i not in shared for k in by_prompt[i]),
+                               key=lambda k: self.items[k][2].length)
+        shared.sort(key=lambda i: len(self.items[by_prompt[i][0]][2].prompt_ids))
+        self.groups: list[tuple[list[tuple[int, ...]], list[list[tuple[int, int]]]]] = []
+        for members in group_by_budget([len(by_prompt[i]) for i in shared], self.batch_size):
+            prompts = [shared[m] for m in members]
+            rows = [(g, k) for g, i in enumerate(prompts) for k in by_prompt[i]]  # (prompt row, item)
+            rows.sort(key=lambda r: len(self.items[r[1]][2].response_ids))
+            chunks = [rows[s: s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
+            self.groups.append(([self.items[by_prompt[i][0]][2].prompt_ids for i in prompts], chunks))
+
+    def work(self, mode: str) -> dict[str, int]:
+        """Token positions the model runs in ``mode`` (padding included) and the real tokens among them.
+
+        "full" counts every right-padded [prompt, response] batch; "shared" the padded prompt prefixes plus the
+        padded [last prompt token, response] continuations.
+        """
+        if mode not in PROBE_MODES:
+            raise ValueError(f"probe mode must be one of {', '.join(PROBE_MODES)}; got {mode!r}")
+        full_order = self.order if mode == "full" else self.unshared
+        padded = real = 0
+        for start in range(0, len(full_order), self.batch_size):
+            lengths = [self.items[k][2].length for k in full_order[start: start + self.batch_size]]
+            padded, real = padded + len(lengths) * max(lengths), real + sum(lengths)
+        if mode == "shared":
+            for prompts, chunks in self.groups:
+                padded += len(prompts) * (max(len(p) for p in prompts) - 1)
+                real += sum(len(p) - 1 for p in prompts)
+                for chunk in chunks:
+                    lengths = [1 + len(self.items[k][2].response_ids) for _, k in chunk]
+                    padded, real = padded + len(lengths) * max(lengths), real + sum(lengths)
+        return {"padded_positions": padded, "real_tokens": real}
 
     def _autocast(self, device: torch.device):
         if self.autocast_dtype is None or device.type != "cuda":
@@ -129,18 +195,61 @@ class ProbeEvaluator:
         out = _empty(self.probe_set.probe_types, len(self.probe_set), self.greedy_max_new_tokens > 0)
         try:
             with self._autocast(device):
-                for start in range(0, len(self.order), self.batch_size):
-                    chunk = [self.items[k] for k in self.order[start: start + self.batch_size]]
-                    batch = collate([s for _, _, s in chunk], self.pad_token_id).to(device)
-                    scored = response_logits(model, batch.input_ids, batch.attention_mask, batch.response_mask)
-                    stats = {k: v.double().cpu().numpy() for k, v in response_statistics(*scored).items()}
-                    for row, (probe, i, _) in enumerate(chunk):
-                        _store(out, probe, i, stats, row)
+                if self.active_mode != "full":
+                    try:
+                        self._shared(model, device, out)
+                        self._full(model, device, out, self.unshared)
+                        self.active_mode = "shared"
+                    except SharingUnsupported as err:
+                        warnings.warn(f"probe_mode 'shared' is not available for {type(model).__name__} ({err}); "
+                                      "evaluating probes with probe_mode 'full'", RuntimeWarning, stacklevel=2)
+                        self.active_mode = "full"
+                if self.active_mode == "full":
+                    self._full(model, device, out, self.order)
                 if self.greedy_max_new_tokens > 0:
                     self._greedy(model, out[GREEDY_PROBE])
         finally:
             model.train(was_training)
         return ProbeResult(out)
+
+    def _stats(self, scored) -> dict[str, np.ndarray]:
+        return {k: v.double().cpu().numpy() for k, v in response_statistics(*scored).items()}
+
+    def _full(self, model, device: torch.device, out, order: Sequence[int]) -> None:
+        for start in range(0, len(order), self.batch_size):
+            chunk = [self.items[k] for k in order[start: start + self.batch_size]]
+            batch = collate([s for _, _, s in chunk], self.pad_token_id).to(device)
+            stats = self._stats(response_logits(model, batch.input_ids, batch.attention_mask, batch.response_mask))
+            for row, (probe, i, _) in enumerate(chunk):
+                _store(out, probe, i, stats, row)
+
+    def _shared(self, model, device: torch.device, out) -> None:
+        for prompts, chunks in self.groups:
+            try:
+                prefix = prefix_forward(model, prompts, self.pad_token_id)
+            except TypeError as err:  # a forward without position_ids / use_cache / logits_to_keep
+                raise SharingUnsupported(str(err)) from None
+            for chunk in chunks:
+                owners = [g for g, _ in chunk]
+                responses = [self.items[k][2].response_ids for _, k in chunk]
+                stats = self._stats(continuation_logits(model, prefix, owners, responses, self.pad_token_id))
+                if self.active_mode is None:  # first batch on this evaluator: the full path must agree
+                    self._self_check(model, device, [k for _, k in chunk], stats)
+                for row, (_, k) in enumerate(chunk):
+                    probe, i, _ = self.items[k]
+                    _store(out, probe, i, stats, row)
+
+    def _self_check(self, model, device: torch.device, index: list[int], stats: dict[str, np.ndarray]) -> None:
+        self.active_mode = "checking"
+        autocast = self.autocast_dtype is not None and device.type == "cuda"
+        if autocast or next(model.parameters()).dtype in (torch.float16, torch.bfloat16):
+            return  # half precision: the two paths differ by rounding more than the tolerance
+        batch = collate([self.items[k][2] for k in index], self.pad_token_id).to(device)
+        full = self._stats(response_logits(model, batch.input_ids, batch.attention_mask, batch.response_mask))
+        diff = float(np.nanmax(np.abs(full["logp_sum"] - stats["logp_sum"])))
+        if not diff <= _SELF_CHECK_TOL:
+            raise SharingUnsupported(f"its cached continuation differs from the full forward pass by {diff:.3g} "
+                                     f"nats on the first batch")
 
     def _greedy(self, model, out: dict[str, np.ndarray]) -> None:
         prompts = {i: s for p, i, s in self.items if p == "chosen"}

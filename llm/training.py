@@ -167,7 +167,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
         rejected = [r[1] for r in records] if objective.needs_rejected else None
         evaluator = ProbeEvaluator(inputs.probes, tok, inputs.policy, batch_size=cfg.probe_batch_size,
                                    greedy_max_new_tokens=cfg.greedy_max_new_tokens,
-                                   autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
+                                   autocast_dtype=torch.bfloat16 if cfg.bf16 else None, mode=cfg.probe_mode)
         return inputs, objective, chosen, rejected, evaluator
 
     if world.is_main:  # every refusal happens here, before the run folder exists
@@ -324,6 +324,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
             tok.save_pretrained(str(tmp))
     total = timing["train_seconds"] + timing["probe_seconds"]
     summary.update(status="completed", step=step, examples_seen=seen, epochs_completed=seen / len(chosen), **timing,
+                   probe_mode=evaluator.active_mode,
                    probe_share=timing["probe_seconds"] / total if total else None, final_probes=final_probes)
     write_json(run_dir / "summary.json", summary)
     return TrainResult(run_dir, model, tok, "completed", step, seen, last, summary)
@@ -337,12 +338,13 @@ def evaluate(cfg: EvalConfig, model=None, tokenizer=None, probes=None) -> tuple[
     inputs = build_inputs(cfg, model=model, tokenizer=tokenizer, probes=probes, need_pairs=not cfg.probes)
     evaluator = ProbeEvaluator(inputs.probes, inputs.tokenizer, inputs.policy, batch_size=cfg.probe_batch_size,
                                greedy_max_new_tokens=cfg.greedy_max_new_tokens,
-                               autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
+                               autocast_dtype=torch.bfloat16 if cfg.bf16 else None, mode=cfg.probe_mode)
     run_dir = create_run_dir(cfg, cfg.phase, out_dir=cfg.out_dir, root=cfg.runs_root)  # every input checked first
     t0 = time.perf_counter()
     with MetricsWriter(run_dir / "metrics.jsonl") as writer:
         result = _evaluate(evaluator, inputs.model, run_dir, writer, 0, 0, cfg.phase)
     write_json(run_dir / "summary.json", {"status": "completed", "probe_seconds": time.perf_counter() - t0,
+                                          "probe_mode": evaluator.active_mode,
                                           "truncation_probes": evaluator.truncation,
                                           "probe_set": inputs.probes.describe(),
                                           "probes": {f"{p}/{s}": v for (p, s), v in result.means().items()}})

@@ -1,21 +1,116 @@
-"""llm.probes: batched probe evaluation against the per-example method, the argmax on y+, the paper's probe file."""
+"""llm.probes: batched probe evaluation (shared prompts and full sequences) against the per-example method, the
+argmax on y+, the paper's probe file."""
+
+import dataclasses
 
 import numpy as np
 import pytest
+import torch
 
 from llm.data import ProbeSet, load_probe_set, probe_set_from_pairs
 from llm.encoding import TruncationPolicy
-from llm.models import tiny_model
-from llm.probes import ARGMAX_PROBE, GREEDY_PROBE, ProbeEvaluator, evaluate_sequential
+from llm.models import TINY_ARCHS, tiny_model
+from llm.probes import ARGMAX_PROBE, GREEDY_PROBE, RESPONSE_STATISTICS, ProbeEvaluator, evaluate_sequential
 from llm.tokenization import train_bpe_tokenizer
 
 
-def _assert_same(a, b, rtol=1e-5):
+def _assert_same(a, b, rtol=1e-5, atol=1e-5):
     assert a.per_example.keys() == b.per_example.keys()
     for probe, stats in a.per_example.items():
+        assert stats.keys() == b.per_example[probe].keys()
         for stat, values in stats.items():
-            np.testing.assert_allclose(values, b.per_example[probe][stat], rtol=rtol, atol=1e-5,
+            np.testing.assert_allclose(values, b.per_example[probe][stat], rtol=rtol, atol=atol,
                                        err_msg=f"{probe}/{stat}")
+
+
+def _edge_case_probes(pairs, tokenizer):
+    """Probes with long prompts (left-truncated below), a one-token prompt, one-token and absent responses."""
+    probes = probe_set_from_pairs(pairs[:7], held_out=pairs[7:10], seed=0)
+    prompts = list(probes.prompts)
+    prompts[0] = prompts[0] * 6  # far over the prompt budget: keeps its last tokens
+    one_token = next(t for t in ("7", "a", " ", "H") if len(tokenizer(t, add_special_tokens=False)["input_ids"]) == 1)
+    prompts[1] = one_token  # nothing to share: the full path scores it
+    responses = {k: list(v) for k, v in probes.responses.items()}
+    responses["chosen"][2] = ""  # with eos appended: the one-token response [eos]
+    responses["rejected"][3] = None  # absent: NaN in every mode
+    return ProbeSet(tuple(prompts), {k: tuple(v) for k, v in responses.items()})
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_shared_prompts_equal_the_full_path_for_every_architecture(arch, tokenizer, pairs):
+    policy = TruncationPolicy(max_prompt_tokens=24, max_response_tokens=6, prompt_overflow="left_truncate")
+    probes = _edge_case_probes(pairs, tokenizer)
+    model = tiny_model(arch, len(tokenizer), seed=2)
+    full = ProbeEvaluator(probes, tokenizer, policy, batch_size=16, mode="full")
+    assert full.truncation["prompts_truncated"] > 0 and full.truncation["responses_truncated"] > 0
+    reference = full(model)
+    assert full.active_mode == "full"
+    _assert_same(reference, evaluate_sequential(model, probes, tokenizer, policy), atol=1e-4)
+    one_token = [s for p, i, s in full.items if p == "chosen" and i == 2][0]
+    assert len(one_token.response_ids) == 1
+    for batch_size in (1, 3, 64):  # 3 splits a prompt's responses over batches; 64 holds several prompts
+        shared = ProbeEvaluator(probes, tokenizer, policy, batch_size=batch_size, mode="shared")
+        result = shared(model)
+        assert shared.active_mode == "shared", batch_size
+        assert shared.unshared and all(shared.items[k][1] == 1 for k in shared.unshared)
+        _assert_same(result, reference, rtol=0, atol=1e-4)
+        assert np.isnan(result.per_example["rejected"]["logp_sum"][3])
+        assert set(RESPONSE_STATISTICS) <= set(result.per_example["chosen"])
+    work_shared, work_full = shared.work("shared"), full.work("full")
+    assert work_shared["real_tokens"] < work_full["real_tokens"] <= work_full["padded_positions"]
+
+
+def test_shared_batches_hold_their_prompt_groups_only(tokenizer, pairs, policy):
+    # Memory: one group's cache at a time, each group about one batch of responses, never the whole set.
+    probes = probe_set_from_pairs(pairs[:12], held_out=pairs[12:16], seed=0)
+    evaluator = ProbeEvaluator(probes, tokenizer, policy, batch_size=16)
+    per_prompt = len(probes.probe_types)
+    assert len(evaluator.groups) == -(-len(probes) // (16 // per_prompt))
+    for prompts, chunks in evaluator.groups:
+        assert len(prompts) * per_prompt <= 16 and all(len(c) <= 16 for c in chunks)
+    covered = sorted(k for _, chunks in evaluator.groups for c in chunks for _, k in c)
+    assert covered == sorted(set(range(len(evaluator.items))) - set(evaluator.unshared))
+
+
+class _NoCache(torch.nn.Module):
+    """A causal LM whose forward takes no cache or positions (the full path still works)."""
+
+    def __init__(self, inner, shift_positions=0):
+        super().__init__()
+        self.inner, self.shift_positions = inner, shift_positions
+
+    def forward(self, input_ids, attention_mask=None, use_cache=False, logits_to_keep=0):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
+                          logits_to_keep=logits_to_keep)
+
+
+class _WrongPositions(torch.nn.Module):
+    """A causal LM that continues from a cache but shifts every position id (a silently wrong continuation)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, cache=None, **kwargs):
+        if position_ids is not None and cache is not None:
+            position_ids = position_ids + 5
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          cache=cache, **kwargs)
+
+
+@pytest.mark.parametrize("wrapper, reason", [(_NoCache, "unexpected keyword"), (_WrongPositions, "differs")])
+def test_shared_falls_back_to_full_with_a_message(wrapper, reason, gpt2, tokenizer, pairs, policy):
+    probes = probe_set_from_pairs(pairs[:4], seed=0)
+    evaluator = ProbeEvaluator(probes, tokenizer, policy, batch_size=8, mode="shared")
+    with pytest.warns(RuntimeWarning, match=rf"probe_mode 'shared' is not available .*{reason}.*probe_mode 'full'"):
+        result = evaluator(wrapper(gpt2))
+    assert evaluator.active_mode == "full"
+    _assert_same(result, ProbeEvaluator(probes, tokenizer, policy, batch_size=8, mode="full")(gpt2))
+
+
+def test_unknown_probe_mode_is_refused(tokenizer, pairs, policy):
+    with pytest.raises(ValueError, match="probe mode must be one of shared, full; got 'packed'"):
+        ProbeEvaluator(probe_set_from_pairs(pairs[:2], seed=0), tokenizer, policy, mode="packed")
 
 
 def test_batched_equals_per_example(gpt2, tokenizer, pairs, policy):
@@ -69,3 +164,32 @@ def test_paper_hh_probe_file_evaluates_on_a_tiny_model(shared_data):
         assert means[(probe, "logp_sum")] < 0 and means[(probe, "logp_mean")] < 0
     assert np.isfinite(means[(ARGMAX_PROBE, "logp_sum")])
     assert evaluator.truncation["num_sequences"] == sum(v is not None for r in probes.responses.values() for v in r)
+
+
+def test_a_resumed_shared_run_equals_an_uninterrupted_full_run(tmp_path):
+    from llm.config import TrainConfig
+    from llm.training import train
+    from toykit.runs import read_metrics
+
+    base = TrainConfig(loss="dpo", num_synthetic=16, held_out=4, num_probes=6, tiny_hidden=32, tiny_vocab_size=300,
+                       batch_size=2, max_prompt_tokens=32, max_response_tokens=16, lr=3e-3, epochs=1, eval_every=4,
+                       checkpoint_every=2, probe_batch_size=5, progress=False, save_model=False)
+    whole = train(dataclasses.replace(base, probe_mode="full", out_dir=str(tmp_path / "whole")))
+    cut = dataclasses.replace(base, probe_mode="shared", out_dir=str(tmp_path / "cut"))
+    assert train(dataclasses.replace(cut, stop_after_steps=3)).status == "stopped"
+    resumed = train(dataclasses.replace(cut, resume=True))
+    assert resumed.summary["probe_mode"] == "shared" and whole.summary["probe_mode"] == "full"
+    rows_a, rows_b = read_metrics(tmp_path / "whole" / "metrics.jsonl"), read_metrics(tmp_path / "cut" / "metrics.jsonl")
+    assert [{k: v for k, v in r.items() if k != "value"} for r in rows_a] == \
+        [{k: v for k, v in r.items() if k != "value"} for r in rows_b]
+    probe_rows = [(a, b) for a, b in zip(rows_a, rows_b) if "statistic" in a]
+    assert len({a["step"] for a, _ in probe_rows}) == 4  # steps 0, 2, 4 (eval_every 4 pairs) and the end
+    for a, b in zip(rows_a, rows_b):
+        if "statistic" in a:
+            assert a["value"] == pytest.approx(b["value"], abs=1e-4, nan_ok=True), (a, b)
+        else:
+            assert a == b  # training is untouched by the probe mode
+    for name in sorted(p.name for p in (tmp_path / "whole" / "probes").glob("*.npz")):
+        xa, xb = np.load(tmp_path / "whole" / "probes" / name), np.load(tmp_path / "cut" / "probes" / name)
+        for key in xa.keys():
+            np.testing.assert_allclose(xa[key], xb[key], rtol=0, atol=1e-4, err_msg=f"{name} {key}")

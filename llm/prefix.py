@@ -1,0 +1,158 @@
+"""Prompt sharing: run a prompt once, keep its key/value cache, and score all of its responses from that cache.
+
+A prompt x with R responses y_1..y_R costs R (|x| + |y|) tokens when every [x, y_r] is a separate sequence, and
+|x| + R |y| with sharing. The prompt minus its last token, x_<|x|, is the cached prefix (right-padded, one row per
+prompt); each response row then runs [x_|x|, y_r] continuing from its prompt's cache rows, with explicit position ids
+|x| - 1, |x|, ... and an attention mask [prefix mask, response mask] whose gaps (prefix padding) are zeros. Its logits
+are laid out like ``llm.logps.response_logits`` of the single sequence [x_|x|, y_r], so every statistic of
+``llm.logps`` applies unchanged and equals the full path's up to float32 summation order.
+
+Attention is causal in the cached slots: the response tokens see their own prompt's tokens and their own earlier
+tokens, never another row's or a padding slot. Gradients flow through the cache (DPO's policy forward).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from typing import Sequence
+
+import torch
+
+__all__ = ["PrefixCache", "SharingUnsupported", "prefix_forward", "continuation_logits", "cache_keyword",
+           "group_by_budget"]
+
+
+class SharingUnsupported(RuntimeError):
+    """The model cannot continue a batch from a key/value cache with explicit positions (use the full path)."""
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_keyword(forward_cls: type) -> str:
+    params = inspect.signature(forward_cls.forward).parameters
+    if "cache" in params:  # transformers >= 5.24 renamed past_key_values
+        return "cache"
+    if "past_key_values" in params:
+        return "past_key_values"
+    raise SharingUnsupported(f"{forward_cls.__name__}.forward takes neither cache nor past_key_values")
+
+
+def cache_keyword(model) -> str:
+    """Name of the key/value-cache argument of ``model.forward`` ("cache" or "past_key_values")."""
+    return _forward_keyword(type(model))
+
+
+def _cache_of(output):
+    cache = getattr(output, "cache", None)
+    if cache is None:
+        cache = getattr(output, "past_key_values", None)
+    layers = getattr(cache, "layers", None)
+    if not layers or getattr(layers[0], "keys", None) is None:
+        raise SharingUnsupported(f"the model returned no per-layer key/value cache (got {type(cache).__name__})")
+    return cache
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixCache:
+    """Key/value states of G right-padded prompt prefixes x_<|x| (every prompt's tokens but its last).
+
+    Attributes:
+        layers: per layer (keys, values), each (G, H, P, D) with P the longest prefix.
+        mask: (G, P) 1 on prefix tokens, 0 on padding.
+        lengths: (G,) prefix lengths |x| - 1 (the position id of each prompt's last token).
+        last_tokens: (G,) the last token of each prompt.
+        config: the model config (cache layer types: full or sliding attention).
+    """
+
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    last_tokens: torch.Tensor
+    config: object
+
+    def rows(self, index: torch.Tensor):
+        """A fresh Cache holding the prefix rows ``index`` (N,), repeated as needed; the model extends it in place."""
+        from transformers import DynamicCache
+
+        return DynamicCache(ddp_cache_data=[(k[index], v[index]) for k, v in self.layers], config=self.config)
+
+
+def prefix_forward(model, prompts: Sequence[Sequence[int]], pad_token_id: int) -> PrefixCache:
+    """Run every prompt but its last token once, right-padded, and keep the key/value cache.
+
+    Args:
+        model: a Hugging Face causal LM (gradients flow when called outside ``torch.no_grad``).
+        prompts: G token-id sequences, each of at least 2 tokens.
+        pad_token_id: id written in padding slots (masked out).
+
+    Raises:
+        SharingUnsupported: the model returns no per-layer key/value cache.
+    """
+    if any(len(p) < 2 for p in prompts):
+        raise ValueError("prompt sharing needs prompts of at least 2 tokens (shorter ones have nothing to share)")
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts) - 1
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)  # (G, P)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)  # (G, P)
+    for g, p in enumerate(prompts):
+        ids[g, : len(p) - 1] = torch.tensor(p[:-1], dtype=torch.long)
+        mask[g, : len(p) - 1] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = torch.arange(width, device=device).expand(len(prompts), width)  # (G, P)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = _cache_of(out)
+    layers = tuple((layer.keys, layer.values) for layer in cache.layers)
+    if layers[0][0].shape[0] != len(prompts) or layers[0][0].shape[-2] != width:
+        raise SharingUnsupported(f"unexpected cache shape {tuple(layers[0][0].shape)} for {len(prompts)} prefixes "
+                                 f"of {width} tokens")
+    return PrefixCache(layers, mask, mask.sum(dim=1), torch.tensor([p[-1] for p in prompts], device=device),
+                       model.config)
+
+
+def continuation_logits(model, prefix: PrefixCache, owners: Sequence[int], responses: Sequence[Sequence[int]],
+                        pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score N responses continuing from their prompts' cached prefixes.
+
+    Args:
+        model: the model that built ``prefix``.
+        prefix: G cached prompt prefixes.
+        owners: (N,) the prefix row (prompt) of each response.
+        responses: N response token-id sequences (at least 1 token each).
+        pad_token_id: id of right-padding slots.
+
+    Returns:
+        logits (N, 1 + R, V) of the sequences [x_|x|, y] (R the longest response) and their input_ids and
+        response_mask (N, 1 + R), in the layout of ``llm.logps.response_logits``.
+    """
+    device = prefix.mask.device
+    index = torch.as_tensor(list(owners), dtype=torch.long, device=device)  # (N,)
+    width = 1 + max(len(r) for r in responses)
+    ids = torch.full((len(responses), width), pad_token_id, dtype=torch.long)  # (N, 1 + R)
+    resp = torch.zeros((len(responses), width), dtype=torch.long)  # (N, 1 + R)
+    for n, r in enumerate(responses):
+        ids[n, 1: 1 + len(r)] = torch.tensor(r, dtype=torch.long)
+        resp[n, 1: 1 + len(r)] = 1
+    ids, resp = ids.to(device), resp.to(device)
+    ids[:, 0] = prefix.last_tokens[index]
+    seq_mask = resp.clone()
+    seq_mask[:, 0] = 1
+    attention = torch.cat([prefix.mask[index], seq_mask], dim=1)  # (N, P + 1 + R)
+    positions = prefix.lengths[index, None] + torch.arange(width, device=device)  # (N, 1 + R)
+    kwargs = {cache_keyword(model): prefix.rows(index)}
+    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True,
+                   **kwargs).logits  # (N, 1 + R, V)
+    return logits, ids, resp
+
+
+def group_by_budget(sizes: Sequence[int], budget: int) -> list[list[int]]:
+    """Split consecutive items into groups whose ``sizes`` sum to at most ``budget`` (an item alone may exceed it)."""
+    groups: list[list[int]] = []
+    total = budget + 1
+    for k, size in enumerate(sizes):
+        if total + size > budget:
+            groups.append([])
+            total = 0
+        groups[-1].append(k)
+        total += size
+    return groups
