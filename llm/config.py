@@ -20,7 +20,7 @@ from toykit.runs import check_run_name
 __all__ = ["TrainConfig", "EvalConfig", "RESUME_FREE_FIELDS"]
 
 #: fields that may differ between a run and its resumption (they do not change what is computed).
-RESUME_FREE_FIELDS = ("resume", "stop_after_steps", "progress", "device", "probe_mode")
+RESUME_FREE_FIELDS = ("resume", "stop_after_steps", "progress", "device", "probe_mode", "share_prompts")
 
 
 #: every size has a bound, so a typo cannot start a run that would not end (or exhaust memory).
@@ -126,6 +126,9 @@ class TrainConfig(_ModelData):
     checkpoint_every: int = _f(0, "save a resumable checkpoint every this many steps (0: only at the end)")
     checkpoint_at_end: bool = _f(True, "save a checkpoint (model + optimizer state) when the run completes; runs "
                                        "chained in-process (validation phases) skip it")
+    share_prompts: bool = _f(False, "paired losses: run each pair's prompt once and score y+ and y- from its "
+                                   "key/value cache, in the policy step and the reference (same values to float32 "
+                                   "rounding; off, or a model that cannot, scores them as separate sequences)")
     reference: Literal["precomputed", "per_step"] = _f("precomputed", "reference log-probs: computed once for the "
                                                        "dataset, or a frozen model's forward pass every step")
     beta: float | None = _f(None, "beta: inverse temperature of the implicit reward (default: the loss's, 0.1)")

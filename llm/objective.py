@@ -1,6 +1,8 @@
 """Training objectives on causal LMs: the toykit loss registry applied to summed sequence log-probs.
 
-One forward pass scores chosen and rejected responses together (as TRL's concatenated forward). The loss comes from
+One forward pass scores chosen and rejected responses together (as TRL's concatenated forward), or, with prompt
+sharing, one pass runs each pair's prompt once and y+ and y- continue from its key/value cache (``llm.prefix``;
+the same log-probs to float32 rounding, N |x| fewer tokens per batch of N pairs). The loss comes from
 ``toykit.losses.compute_loss`` by name; "extend" is the paper's fix (Figure 5): SFT on both [x, y+] and [x, y-].
 Reference log-probs are computed once for the whole dataset (the reference model never changes), or by a forward
 pass of a frozen copy every step when asked.
@@ -10,16 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from typing import Sequence
 
 import torch
 
 from llm.encoding import EncodedSequence, collate
-from llm.logps import encoded_logps
+from llm.logps import SequenceLogps, encoded_logps
+from llm.prefix import shared_pair_logps, shares_prompts, sharing_problem
 from toykit.losses import compute_loss, get_loss, loss_names
 
 __all__ = ["EXTEND", "Objective", "PairBatch", "make_pair_batch", "batch_loss", "precompute_reference_logps",
-           "trl_metrics", "NonFiniteLossError", "autocast_context"]
+           "trl_metrics", "NonFiniteLossError", "autocast_context", "resolve_prompt_sharing"]
 
 #: SFT on y+ and y- (the "extend" of the paper's section 5); not a registry loss, a choice of targets for "sft".
 EXTEND = "extend"
@@ -69,14 +73,51 @@ class PairBatch:
     indices: torch.Tensor
     sequences: object  # EncodedBatch of the N chosen then (optionally) N rejected sequences
     paired: bool
+    #: (chosen, rejected) EncodedSequences when their prompts are shared in the forward pass, else None
+    shared: tuple[tuple[EncodedSequence, ...], tuple[EncodedSequence, ...]] | None = None
+    pad_token_id: int = 0
 
 
 def make_pair_batch(indices: Sequence[int], chosen: Sequence[EncodedSequence],
-                    rejected: Sequence[EncodedSequence] | None, pad_token_id: int) -> PairBatch:
-    """Collate the chosen (and rejected) sequences of ``indices`` into one right-padded batch."""
+                    rejected: Sequence[EncodedSequence] | None, pad_token_id: int, *,
+                    share_prompts: bool = False) -> PairBatch:
+    """Collate the chosen (and rejected) sequences of ``indices`` into one right-padded batch.
+
+    With ``share_prompts`` a paired batch whose y+ and y- share their prompts (>= 2 tokens) is scored by running
+    each prompt once (``llm.prefix.shared_pair_logps``); other batches keep the concatenated forward pass.
+    """
     seqs = [chosen[i] for i in indices] + ([rejected[i] for i in indices] if rejected is not None else [])
+    shared = None
+    if share_prompts and rejected is not None:
+        c, r = tuple(chosen[i] for i in indices), tuple(rejected[i] for i in indices)
+        shared = (c, r) if shares_prompts(c, r) else None
     return PairBatch(torch.as_tensor(list(indices), dtype=torch.long), collate(seqs, pad_token_id),
-                     rejected is not None)
+                     rejected is not None, shared, pad_token_id)
+
+
+def resolve_prompt_sharing(model, chosen: Sequence[EncodedSequence], rejected: Sequence[EncodedSequence] | None,
+                           pad_token_id: int, requested: bool) -> bool:
+    """Whether to share prompts in this run: asked for, paired, and checked on the model (a warning when not).
+
+    The check scores the first two pairs that share a prompt both ways (``llm.prefix.sharing_problem``) in eval
+    mode, so it changes neither the weights nor any random state.
+    """
+    if not requested or rejected is None:
+        return False
+    sample = [i for i in range(len(chosen)) if shares_prompts([chosen[i]], [rejected[i]])][:2]
+    if not sample:
+        return False
+    problem = sharing_problem(model, [chosen[i] for i in sample], [rejected[i] for i in sample], pad_token_id)
+    if problem is not None:
+        warnings.warn(f"share_prompts is not available for {type(model).__name__} ({problem}); scoring y+ and y- "
+                      "as separate sequences", RuntimeWarning, stacklevel=2)
+    return problem is None
+
+
+def _batch_logps(model, batch: PairBatch) -> SequenceLogps:
+    if batch.shared is None:
+        return encoded_logps(model, batch.sequences)
+    return shared_pair_logps(model, *batch.shared, batch.pad_token_id)
 
 
 def autocast_context(device: torch.device, bf16: bool):
@@ -97,7 +138,7 @@ def _split(values: torch.Tensor, paired: bool) -> tuple[torch.Tensor, torch.Tens
 def _reference_of(ref_model, batch: PairBatch, bf16: bool):
     device = next(ref_model.parameters()).device
     with autocast_context(device, bf16):
-        lp = encoded_logps(ref_model, batch.sequences)
+        lp = _batch_logps(ref_model, batch)
     return _split(lp.summed, batch.paired)
 
 
@@ -122,7 +163,7 @@ def batch_loss(model, batch: PairBatch, objective: Objective, *, ref_chosen: tor
     """
     device = next(model.parameters()).device
     with autocast_context(device, bf16):
-        lp = encoded_logps(model, batch.sequences)
+        lp = _batch_logps(model, batch)
     lp_c, lp_r = _split(lp.summed, batch.paired)
     len_c, len_r = _split(lp.lengths, batch.paired)
     if not bool(torch.isfinite(lp.summed).all()):
@@ -152,9 +193,12 @@ def batch_loss(model, batch: PairBatch, objective: Objective, *, ref_chosen: tor
 
 @torch.no_grad()
 def precompute_reference_logps(model, chosen: Sequence[EncodedSequence], rejected: Sequence[EncodedSequence] | None,
-                               pad_token_id: int, *, batch_size: int = 16, bf16: bool = False
-                               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                               pad_token_id: int, *, batch_size: int = 16, bf16: bool = False,
+                               share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Score every chosen (and rejected) sequence once with the reference ``model``, in length-sorted batches.
+
+    With ``share_prompts`` (and y+, y- of each pair sharing a prompt of >= 2 tokens) each prompt runs once for its
+    pair: batches of ``batch_size // 2`` pairs in prompt-length order.
 
     Returns:
         (N,) float32 summed reference log-probs of y+ and of y- (None without ``rejected``), on the CPU.
@@ -163,6 +207,18 @@ def precompute_reference_logps(model, chosen: Sequence[EncodedSequence], rejecte
     model.eval()
     device = next(model.parameters()).device
     out = []
+    if share_prompts and rejected is not None and shares_prompts(chosen, rejected):
+        values_c, values_r = (torch.empty(len(chosen), dtype=torch.float32) for _ in range(2))
+        order = sorted(range(len(chosen)), key=lambda i: (len(chosen[i].prompt_ids), chosen[i].length))
+        pairs = max(1, batch_size // 2)
+        for start in range(0, len(order), pairs):
+            idx = order[start: start + pairs]
+            with autocast_context(device, bf16):
+                summed = shared_pair_logps(model, [chosen[i] for i in idx], [rejected[i] for i in idx],
+                                           pad_token_id).summed.float().cpu()
+            values_c[idx], values_r[idx] = summed[: len(idx)], summed[len(idx):]
+        model.train(was_training)
+        return values_c, values_r
     for seqs in (chosen, rejected):
         if seqs is None:
             out.append(None)

@@ -20,8 +20,11 @@ from typing import Sequence
 
 import torch
 
+from llm.encoding import EncodedSequence, collate
+from llm.logps import SequenceLogps, encoded_logps, logps_from_logits
+
 __all__ = ["PrefixCache", "SharingUnsupported", "prefix_forward", "continuation_logits", "cache_keyword",
-           "group_by_budget"]
+           "group_by_budget", "shares_prompts", "shared_pair_logps", "sharing_problem"]
 
 
 class SharingUnsupported(RuntimeError):
@@ -156,3 +159,53 @@ def group_by_budget(sizes: Sequence[int], budget: int) -> list[list[int]]:
         groups[-1].append(k)
         total += size
     return groups
+
+
+def shares_prompts(chosen: Sequence[EncodedSequence], rejected: Sequence[EncodedSequence]) -> bool:
+    """True when every pair has the same prompt of at least 2 tokens in y+ and y- (prompt sharing applies)."""
+    return all(c.prompt_ids == r.prompt_ids and len(c.prompt_ids) >= 2 for c, r in zip(chosen, rejected))
+
+
+def shared_pair_logps(model, chosen: Sequence[EncodedSequence], rejected: Sequence[EncodedSequence],
+                      pad_token_id: int) -> SequenceLogps:
+    """Summed and mean log-probs of N chosen then N rejected responses, each prompt run once for its pair.
+
+    Equals ``llm.logps.encoded_logps`` of the collated [chosen, rejected] batch (up to float32 rounding) with
+    N (|x| - 1) + 2N (1 + |y|) tokens instead of 2N (|x| + |y|); gradients flow through the shared prompt.
+
+    Returns:
+        SequenceLogps of the 2N sequences, chosen first (``token_logps`` has the columns of [x_|x|, y]).
+    """
+    if len(chosen) != len(rejected) or not shares_prompts(chosen, rejected):
+        raise ValueError("shared_pair_logps needs pairs whose y+ and y- have the same prompt of >= 2 tokens")
+    prefix = prefix_forward(model, [c.prompt_ids for c in chosen], pad_token_id)
+    owners = [*range(len(chosen)), *range(len(chosen))]
+    responses = [c.response_ids for c in chosen] + [r.response_ids for r in rejected]
+    return logps_from_logits(*continuation_logits(model, prefix, owners, responses, pad_token_id))
+
+
+@torch.no_grad()
+def sharing_problem(model, chosen: Sequence[EncodedSequence], rejected: Sequence[EncodedSequence],
+                    pad_token_id: int, tol: float = 1e-3) -> str | None:
+    """Why prompt sharing cannot serve ``model`` on these pairs (None when it can).
+
+    Compares ``shared_pair_logps`` with the concatenated forward pass on the given pairs, in eval mode: a difference
+    over ``tol`` nats is a reason (float32 or wider; half precision is only checked for running).
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        shared = shared_pair_logps(model, chosen, rejected, pad_token_id).summed
+        full = encoded_logps(model, collate([*chosen, *rejected], pad_token_id)).summed
+    except (SharingUnsupported, TypeError) as err:
+        return str(err)
+    finally:
+        model.train(was_training)
+    if next(model.parameters()).dtype in (torch.float16, torch.bfloat16):
+        return None
+    shared, full = shared.float(), full.float()
+    finite = shared.isfinite() & full.isfinite()  # a diverged model is NaN both ways: not a reason to stop sharing
+    diff = float((shared - full)[finite].abs().max()) if finite.any() else 0.0
+    if not torch.equal(shared.isfinite(), full.isfinite()):
+        diff = float("nan")
+    return None if diff <= tol else f"its cached continuation differs from the full forward pass by {diff:.3g} nats"

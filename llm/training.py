@@ -33,7 +33,7 @@ from llm.encoding import encode_record, truncation_report
 from llm.hooks import RunContext, StepContext, call_hooks, hooks_from_config, snapshot
 from llm.inputs import build_inputs, check_device, check_pairs_differ
 from llm.objective import (NonFiniteLossError, Objective, batch_loss, make_pair_batch, precompute_reference_logps,
-                           trl_metrics)
+                           resolve_prompt_sharing, trl_metrics)
 from llm.optim import build_optimizer, warmup_schedule
 from llm.probes import ProbeEvaluator, ProbeResult
 from toykit.configs import config_to_dict
@@ -182,6 +182,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
         inputs, objective, chosen, rejected, evaluator = prepare(run_dir / "tokenizer")
     model, tok = inputs.model, inputs.tokenizer
     device = next(model.parameters()).device
+    share = resolve_prompt_sharing(model, chosen, rejected, tok.pad_token_id, cfg.share_prompts)
 
     ref_c = ref_r = ref_model = None
     state = load_checkpoint(run_dir, map_location=device) if resuming else None
@@ -193,7 +194,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
                 ref_c, ref_r = load_tensors(ref_path, map_location="cpu").values()
             else:  # the reference is the policy before any step, scored once for the whole dataset
                 ref_c, ref_r = precompute_reference_logps(model, chosen, rejected, tok.pad_token_id,
-                                                          batch_size=cfg.probe_batch_size, bf16=cfg.bf16)
+                                                          batch_size=cfg.probe_batch_size, bf16=cfg.bf16,
+                                                          share_prompts=share)
                 if world.is_main:
                     save_tensors({"chosen": ref_c, "rejected": ref_r}, ref_path)
         elif objective.needs_reference:
@@ -224,7 +226,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     phase, writer = cfg.phase_name, MetricsWriter(metrics_path if world.is_main else os.devnull)
     summary = {"status": "running", "phase": phase, "loss": cfg.loss, "objective_hparams": objective.hparams,
                "num_train_pairs": len(chosen), "num_held_out": len(inputs.held_out), "total_steps": plan.total_steps,
-               "reference": cfg.reference if objective.needs_reference else None,
+               "reference": cfg.reference if objective.needs_reference else None, "share_prompts": share,
                "truncation_train": truncation_report(chosen + (rejected or []), inputs.policy),
                "truncation_probes": evaluator.truncation, "probe_set": inputs.probes.describe()}
     timing = {"train_seconds": 0.0, "probe_seconds": 0.0}
@@ -260,7 +262,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
             mine = world.shard(idx)  # this rank's part of the global batch (all of it in one process)
             for start in range(0, len(mine), cfg.batch_size):
                 micro = mine[start: start + cfg.batch_size]
-                batch = make_pair_batch(micro, chosen, rejected, tok.pad_token_id)
+                batch = make_pair_batch(micro, chosen, rejected, tok.pad_token_id, share_prompts=share)
                 batch = dataclasses.replace(batch, sequences=batch.sequences.to(device))
                 loss, part = batch_loss(model, batch, objective, ref_chosen=None if ref_c is None else ref_c[micro],
                                         ref_rejected=None if ref_r is None else ref_r[micro], ref_model=ref_model,

@@ -167,6 +167,7 @@ def test_paper_hh_probe_file_evaluates_on_a_tiny_model(shared_data):
 
 
 def test_a_resumed_shared_run_equals_an_uninterrupted_full_run(tmp_path):
+    """Shared probes and shared DPO prompts, stopped and resumed, against an uninterrupted run with neither."""
     from llm.config import TrainConfig
     from llm.training import train
     from toykit.runs import read_metrics
@@ -174,21 +175,23 @@ def test_a_resumed_shared_run_equals_an_uninterrupted_full_run(tmp_path):
     base = TrainConfig(loss="dpo", num_synthetic=16, held_out=4, num_probes=6, tiny_hidden=32, tiny_vocab_size=300,
                        batch_size=2, max_prompt_tokens=32, max_response_tokens=16, lr=3e-3, epochs=1, eval_every=4,
                        checkpoint_every=2, probe_batch_size=5, progress=False, save_model=False)
-    whole = train(dataclasses.replace(base, probe_mode="full", out_dir=str(tmp_path / "whole")))
-    cut = dataclasses.replace(base, probe_mode="shared", out_dir=str(tmp_path / "cut"))
+    whole = train(dataclasses.replace(base, probe_mode="full", share_prompts=False, out_dir=str(tmp_path / "whole")))
+    cut = dataclasses.replace(base, probe_mode="shared", share_prompts=True, out_dir=str(tmp_path / "cut"))
     assert train(dataclasses.replace(cut, stop_after_steps=3)).status == "stopped"
     resumed = train(dataclasses.replace(cut, resume=True))
-    assert resumed.summary["probe_mode"] == "shared" and whole.summary["probe_mode"] == "full"
+    assert (resumed.summary["probe_mode"], resumed.summary["share_prompts"]) == ("shared", True)
+    assert (whole.summary["probe_mode"], whole.summary["share_prompts"]) == ("full", False)
     rows_a, rows_b = read_metrics(tmp_path / "whole" / "metrics.jsonl"), read_metrics(tmp_path / "cut" / "metrics.jsonl")
-    assert [{k: v for k, v in r.items() if k != "value"} for r in rows_a] == \
-        [{k: v for k, v in r.items() if k != "value"} for r in rows_b]
-    probe_rows = [(a, b) for a, b in zip(rows_a, rows_b) if "statistic" in a]
-    assert len({a["step"] for a, _ in probe_rows}) == 4  # steps 0, 2, 4 (eval_every 4 pairs) and the end
+    assert [sorted(r) for r in rows_a] == [sorted(r) for r in rows_b]
+    assert [(r["step"], r.get("probe"), r.get("statistic")) for r in rows_a] == \
+        [(r["step"], r.get("probe"), r.get("statistic")) for r in rows_b]
+    assert len({r["step"] for r in rows_a if "statistic" in r}) == 4  # steps 0, 2, 4 (every 4 pairs) and the end
     for a, b in zip(rows_a, rows_b):
-        if "statistic" in a:
-            assert a["value"] == pytest.approx(b["value"], abs=1e-4, nan_ok=True), (a, b)
-        else:
-            assert a == b  # training is untouched by the probe mode
+        for key, value in a.items():
+            if isinstance(value, float):
+                assert value == pytest.approx(b[key], rel=1e-4, abs=1e-4, nan_ok=True), (key, a, b)
+            else:
+                assert value == b[key]
     for name in sorted(p.name for p in (tmp_path / "whole" / "probes").glob("*.npz")):
         xa, xb = np.load(tmp_path / "whole" / "probes" / name), np.load(tmp_path / "cut" / "probes" / name)
         for key in xa.keys():
