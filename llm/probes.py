@@ -144,20 +144,20 @@ class ProbeEvaluator:
         ``groups`` lists (prompt ids, chunks): each chunk is up to ``batch_size`` item indices of the group, in
         response-length order; ``unshared`` are the items of prompts under 2 tokens (nothing to share).
         """
-        by_prompt: dict[int, list[int]] = {}
-        for k, (_, i, _) in enumerate(self.items):
-            by_prompt.setdefault(i, []).append(k)
-        shared = [i for i in by_prompt if len(self.items[by_prompt[i][0]][2].prompt_ids) >= 2]
-        self.unshared = sorted((k for i in by_prompt if i not in shared for k in by_prompt[i]),
+        by_prompt: dict[tuple[int, tuple[int, ...]], list[int]] = {}  # (prompt index, its tokens) -> items
+        for k, (_, i, seq) in enumerate(self.items):
+            by_prompt.setdefault((i, seq.prompt_ids), []).append(k)
+        shared = [key for key in by_prompt if len(key[1]) >= 2]
+        self.unshared = sorted((k for key in by_prompt if len(key[1]) < 2 for k in by_prompt[key]),
                                key=lambda k: self.items[k][2].length)
-        shared.sort(key=lambda i: len(self.items[by_prompt[i][0]][2].prompt_ids))
+        shared.sort(key=lambda key: len(key[1]))
         self.groups: list[tuple[list[tuple[int, ...]], list[list[tuple[int, int]]]]] = []
-        for members in group_by_budget([len(by_prompt[i]) for i in shared], self.batch_size):
-            prompts = [shared[m] for m in members]
-            rows = [(g, k) for g, i in enumerate(prompts) for k in by_prompt[i]]  # (prompt row, item)
+        for members in group_by_budget([len(by_prompt[key]) for key in shared], self.batch_size):
+            keys = [shared[m] for m in members]
+            rows = [(g, k) for g, key in enumerate(keys) for k in by_prompt[key]]  # (prompt row, item)
             rows.sort(key=lambda r: len(self.items[r[1]][2].response_ids))
             chunks = [rows[s: s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
-            self.groups.append(([self.items[by_prompt[i][0]][2].prompt_ids for i in prompts], chunks))
+            self.groups.append(([key[1] for key in keys], chunks))
 
     def work(self, mode: str) -> dict[str, int]:
         """Token positions the model runs in ``mode`` (padding included) and the real tokens among them.
