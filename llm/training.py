@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -323,7 +324,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     if cfg.save_model:
         with atomic_path(run_dir / "model") as tmp:
             model.save_pretrained(str(tmp))
-            tok.save_pretrained(str(tmp))
+            shutil.copytree(run_dir / "tokenizer", tmp, dirs_exist_ok=True)  # the run's tokenizer, as saved
     total = timing["train_seconds"] + timing["probe_seconds"]
     summary.update(status="completed", step=step, examples_seen=seen, epochs_completed=seen / len(chosen), **timing,
                    probe_mode=evaluator.active_mode,
