@@ -20,7 +20,8 @@ from toykit.runs import check_run_name
 __all__ = ["TrainConfig", "EvalConfig", "RESUME_FREE_FIELDS"]
 
 #: fields that may differ between a run and its resumption (they do not change what is computed).
-RESUME_FREE_FIELDS = ("resume", "stop_after_steps", "progress", "device", "probe_mode", "share_prompts")
+RESUME_FREE_FIELDS = ("resume", "stop_after_steps", "progress", "device", "probe_mode", "share_prompts",
+                      "squeeze_alarm")
 
 
 #: every size has a bound, so a typo cannot start a run that would not end (or exhaust memory).
@@ -137,6 +138,14 @@ class TrainConfig(_ModelData):
     eps: float | None = _f(None, "eps: label-noise rate of cdpo / robust (default 0.1)")
     gamma: float | None = _f(None, "gamma: SimPO's target margin (default 0.5)")
     alpha: float | None = _f(None, "alpha: RPO's NLL weight (default 1.0)")
+    squeeze_alarm: Literal["off", "warn", "stop", "checkpoint"] = _f(
+        "off", "squeeze alarm over the probe curves (llm/alarm.py: y+ falling while the teacher-forced argmax or the "
+        "peakiness rises, y- in a valley): off, warn (a warning with the evidence and a squeeze/* metrics row), stop "
+        "(also end the run with a checkpoint) or checkpoint (also save a checkpoint and go on)")
+    squeeze_min_drop: float = _f(1.0, "nats (summed) y+ must fall below its peak, and y- below its value then, for "
+                                      "the squeeze alarm")
+    squeeze_min_rise: float = _f(0.5, "nats (summed) the teacher-forced argmax must rise since y+'s peak for the "
+                                      "squeeze alarm (or the peakiness of y+ by 0.02)")
     save_model: bool = _f(True, "save the final model and tokenizer (save_pretrained) in the run directory")
     resume: bool = _f(False, "continue the run in --out-dir from its last checkpoint")
     stop_after_steps: int | None = _f(None, "stop (as if killed) after this many steps, without a final checkpoint; "

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from llm.alarm import SqueezeMonitor, SqueezeRule
 from llm.checkpoint import (load_checkpoint, load_tensors, probe_array_path, rewind_outputs, save_checkpoint,
                             save_tensors)
 from llm.config import RESUME_FREE_FIELDS, EvalConfig, TrainConfig
@@ -240,13 +241,26 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
                          inputs.policy, optimizer, plan.total_steps)
     call_hooks(hooks, "on_train_begin", run_ctx)
 
+    monitor = (SqueezeMonitor(SqueezeRule(cfg.squeeze_min_drop, cfg.squeeze_min_rise, action=cfg.squeeze_alarm))
+               if cfg.squeeze_alarm != "off" and world.is_main else None)
+
     def probe_now() -> ProbeResult | None:
         if not world.is_main:
             return None
         t0 = time.perf_counter()
         result = _evaluate(evaluator, model, run_dir, writer, step, seen, phase)
         timing["probe_seconds"] += time.perf_counter() - t0
+        event = monitor.update(step, seen, result.means()) if monitor is not None else None
+        if event is not None:
+            writer.write(monitor.row(event, phase))
+            summary["squeeze_alarm"] = dataclasses.asdict(event)
+            if event.action in ("stop", "checkpoint"):
+                save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
+                                examples_seen=seen, metrics_path=metrics_path)
         return result
+
+    def alarm_stops() -> bool:
+        return world.broadcast(monitor is not None and monitor.fired is not None and monitor.fired.action == "stop")
 
     bar = tqdm(total=plan.total_steps, initial=step, disable=not (cfg.progress and world.is_main), desc=phase,
                unit="step")
@@ -295,6 +309,14 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
                 last = probe_now()
             if step == plan.total_steps:
                 break
+            if cfg.squeeze_alarm == "stop" and alarm_stops():
+                call_hooks(hooks, "on_train_end", run_ctx)
+                bar.close()
+                writer.close()
+                summary.update(status="stopped_by_squeeze_alarm", step=step, examples_seen=seen, **timing)
+                if world.is_main:
+                    write_json(run_dir / "summary.json", summary)
+                return TrainResult(run_dir, model, tok, "stopped_by_squeeze_alarm", step, seen, last, summary)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and world.is_main:
                 save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
                                 examples_seen=seen, metrics_path=metrics_path)
