@@ -6,7 +6,8 @@ returns the batch loss (a scalar) aggregated as TRL 1.16 aggregates it. Shapes: 
 - ``logps`` (B, T): per-token log pi_theta(o_t | q, o_<t) of the sampled tokens (differentiable).
 - ``old_logps`` (B, T): the sampling policy's per-token log-probs (detached); equal to ``logps`` at the first,
   on-policy step, where every ratio rho = exp(l - l_old) is 1 and nothing is clipped.
-- ``advantages`` (B,): one advantage per response (``group_advantages`` / ``rloo_advantages``).
+- ``advantages`` (B,): one advantage per response (``group_advantages`` / ``rloo_advantages``); the token-ratio
+  objectives also take (B, T) per-token advantages (as TRL does), e.g. NTHR-style token re-weighting.
 - ``mask`` (B, T): 1 on completion tokens, 0 on padding; its row sums are |o_i|.
 - ``ref_logps`` (B, T): the reference model's per-token log-probs, read only when beta > 0 (the k3 KL).
 Each ``GroupLossSpec.grad`` is the hand-derived w = dL/dlogps (B, T); ``group_residual`` turns it into
@@ -45,6 +46,11 @@ def _ppo_token(rho: Tensor, adv: Tensor, eps_low: float, eps_high: float) -> tup
     return -torch.minimum(rho * adv, rho.clamp(1 - eps_low, 1 + eps_high) * adv), clipped
 
 
+def _adv(advantages: Tensor) -> Tensor:
+    """Return advantages as (B, 1) from (B,), or as given when per token (B, T) (TRL accepts both)."""
+    return advantages[:, None] if advantages.dim() == 1 else advantages
+
+
 def _k3(logps: Tensor, ref_logps: Tensor | None, beta: float) -> tuple[Tensor | float, Tensor | float]:
     """Return (beta k3, beta dk3/dl), each (B, T) or 0 when beta == 0: the KL penalty TRL adds per token."""
     if beta == 0:
@@ -79,13 +85,13 @@ def grpo(logps, old_logps, advantages, mask, ref_logps=None, *, eps_low=0.2, eps
     References: Shao et al. 2024, "DeepSeekMath" (GRPO); TRL 1.16 GRPOTrainer loss_type="grpo".
     Hyperparameters: eps_low, eps_high: PPO clip range; beta: weight of the k3 KL to the reference.
     """
-    ppo, _ = _ppo_token(torch.exp(logps - old_logps), advantages[:, None], eps_low, eps_high)
+    ppo, _ = _ppo_token(torch.exp(logps - old_logps), _adv(advantages), eps_low, eps_high)
     return ((ppo + _k3(logps, ref_logps, beta)[0]) * mask * _mean_per_response(mask)).sum()
 
 
 def _ppo_token_grad(logps, old_logps, advantages, mask, ref_logps, eps_low, eps_high, beta):
     """Return the per-token dl of -min(rho A, clip A) + beta k3: -rho A on unclipped tokens, plus beta (1 - pi_ref/pi)."""
-    rho, adv = torch.exp(logps - old_logps), advantages[:, None]
+    rho, adv = torch.exp(logps - old_logps), _adv(advantages)
     _, clipped = _ppo_token(rho, adv, eps_low, eps_high)
     return -rho * adv * (~clipped).to(logps.dtype) + _k3(logps, ref_logps, beta)[1]
 
@@ -104,7 +110,7 @@ def dr_grpo(logps, old_logps, advantages, mask, ref_logps=None, *, eps_low=0.2, 
     TRL 1.16 GRPOTrainer loss_type="dr_grpo" (L_max = max_completion_length).
     Hyperparameters: eps_low, eps_high, beta: as in GRPO; max_len: L_max, the constant normaliser (0: T).
     """
-    ppo, _ = _ppo_token(torch.exp(logps - old_logps), advantages[:, None], eps_low, eps_high)
+    ppo, _ = _ppo_token(torch.exp(logps - old_logps), _adv(advantages), eps_low, eps_high)
     return ((ppo + _k3(logps, ref_logps, beta)[0]) * mask).sum() / (mask.shape[0] * (max_len or mask.shape[1]))
 
 
@@ -122,7 +128,7 @@ def dapo(logps, old_logps, advantages, mask, ref_logps=None, *, eps_low=0.2, eps
     TRL 1.16 GRPOTrainer loss_type="dapo" (normaliser num_items_in_batch, one process, no accumulation).
     Hyperparameters: eps_low, eps_high: the asymmetric clip range; beta: weight of the k3 KL.
     """
-    ppo, _ = _ppo_token(torch.exp(logps - old_logps), advantages[:, None], eps_low, eps_high)
+    ppo, _ = _ppo_token(torch.exp(logps - old_logps), _adv(advantages), eps_low, eps_high)
     return ((ppo + _k3(logps, ref_logps, beta)[0]) * mask).sum() * _token_level(mask)
 
 
@@ -140,13 +146,13 @@ def cispo(logps, old_logps, advantages, mask, ref_logps=None, *, eps_max=5.0, be
     Hyperparameters: eps_max: cap on the importance weight; beta: weight of the k3 KL.
     """
     weight = torch.exp(logps - old_logps).clamp(max=eps_max).detach()
-    per_token = -weight * advantages[:, None] * logps + _k3(logps, ref_logps, beta)[0]
+    per_token = -weight * _adv(advantages) * logps + _k3(logps, ref_logps, beta)[0]
     return (per_token * mask).sum() * _token_level(mask)
 
 
 def _cispo_grad(logps, old_logps, advantages, mask, ref_logps=None, *, eps_max=5.0, beta=0.0):
     weight = torch.exp(logps - old_logps).clamp(max=eps_max)
-    return (-weight * advantages[:, None] + _k3(logps, ref_logps, beta)[1]) * mask * _token_level(mask)
+    return (-weight * _adv(advantages) + _k3(logps, ref_logps, beta)[1]) * mask * _token_level(mask)
 
 
 def gspo(logps, old_logps, advantages, mask, ref_logps=None, *, eps_low=3e-4, eps_high=4e-4, beta=0.0):
@@ -338,9 +344,12 @@ def _validated(name: str, logps, old_logps, advantages, mask, ref_logps, hparams
                              f"{(~torch.isfinite(t)).nonzero()[0].tolist()}")
     if not bool(((mask == 0) | (mask == 1)).all()):
         raise ValueError(f"group loss {name!r}: mask entries must be 0/1")
-    if not isinstance(advantages, Tensor) or tuple(advantages.shape) != shape[:1]:
+    allowed = [shape[:1]] + ([shape] if spec.ratio == "token" else [])
+    if not isinstance(advantages, Tensor) or tuple(advantages.shape) not in allowed:
         got = tuple(advantages.shape) if isinstance(advantages, Tensor) else type(advantages).__name__
-        raise ValueError(f"group loss {name!r}: advantages has shape {got}, expected {shape[:1]} (one per response)")
+        per_token = f" or {shape} (per token)" if spec.ratio == "token" else ""
+        raise ValueError(f"group loss {name!r}: advantages has shape {got}, expected {shape[:1]} (one per "
+                         f"response){per_token}")
     if not bool(torch.isfinite(advantages).all()):
         raise ValueError(f"group loss {name!r}: advantages has a NaN or inf entry")
     return spec, merged
@@ -373,7 +382,7 @@ def clipped_tokens(name: str, logps: Tensor, old_logps: Tensor, advantages: Tens
     """
     spec, hp = _validated(name, logps, old_logps, advantages, mask, None, {**hparams, "beta": 0.0})
     with torch.no_grad():
-        adv, m = advantages[:, None], mask.bool()
+        adv, m = _adv(advantages), mask.bool()
         if spec.name == "cispo":
             return (torch.exp(logps - old_logps) > hp["eps_max"]) & (adv > 0) & m
         ratio = torch.exp(logps - old_logps) if spec.ratio == "token" else \

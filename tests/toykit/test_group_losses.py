@@ -195,3 +195,22 @@ def test_bad_inputs_are_refused_naming_what():
     # hyperparameters of a sibling objective are accepted and ignored, so one config drives any of them
     torch.testing.assert_close(compute_group_loss("cispo", logps, old, adv, mask, eps_low=0.3),
                                compute_group_loss("cispo", logps, old, adv, mask))
+
+
+@pytest.mark.parametrize("name", ["grpo", "dapo", "cispo"])
+def test_per_token_advantages_match_autograd_and_trl(name):
+    trainers = pytest.importorskip("trl.trainer.grpo_trainer")
+    logps, old, adv, mask, ref = _batch(seed=4)
+    adv_tok = adv[:, None] * torch.linspace(0.0, 1.0, T, dtype=torch.float64)[None]  # (B, T): NTHR-style weights
+    x = logps.clone().requires_grad_(True)
+    stub = _trl_self(*_TRL_NAMES[name], HP[name], x)
+    ids = torch.zeros(B, T, dtype=torch.long)
+    inputs = {"prompt_ids": ids[:, :1], "prompt_mask": ids[:, :1] + 1, "completion_ids": ids,
+              "completion_mask": mask, "advantages": adv_tok, "old_per_token_logps": old,
+              "ref_per_token_logps": ref, "num_items_in_batch": mask.sum()}
+    want = trainers.GRPOTrainer._compute_loss(stub, None, inputs)
+    want_grad, = torch.autograd.grad(want, x)
+    torch.testing.assert_close(compute_group_loss(name, logps, old, adv_tok, mask, **HP[name]), want.detach())
+    torch.testing.assert_close(compute_group_weights(name, logps, old, adv_tok, mask, **HP[name]), want_grad)
+    with pytest.raises(ValueError, match=r"advantages has shape \(6, 7\), expected \(6,\) \(one per response\)$"):
+        compute_group_loss("gspo", logps, old, adv_tok, mask)
