@@ -150,11 +150,16 @@ class TrainConfig(_ModelData):
     resume: bool = _f(False, "continue the run in --out-dir from its last checkpoint")
     stop_after_steps: int | None = _f(None, "stop (as if killed) after this many steps, without a final checkpoint; "
                                       "for resume tests")
+    explain_prompts: int = _f(0, "> 0: attribute every probe's per-step change of the first this many probe "
+                              "prompts to the loss's terms along the real optimizer update (llm.explain; saved "
+                              "under explain/; read with `python -m llm explain RUN_DIR`)")
 
     def __post_init__(self) -> None:
         self._check_common()
         if self.loss not in Objective.known():
             raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(Objective.known())}")
+        if self.explain_prompts < 0:
+            raise ValueError(f"explain_prompts must be >= 0, got {self.explain_prompts}")
         for name in ("batch_size", "grad_accum", "epochs", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -76,5 +76,9 @@ def call_hooks(hooks: Sequence[object], method: str, arg) -> None:
 
 
 def hooks_from_config(cfg) -> list[object]:
-    """The hooks a config asks for (none yet: the explain attribution will register here)."""
+    """The hooks a config asks for: the explain attribution when ``cfg.explain_prompts > 0``."""
+    if getattr(cfg, "explain_prompts", 0) > 0:
+        from llm.explain import AttributionHook
+
+        return [AttributionHook(num_prompts=cfg.explain_prompts)]
     return []

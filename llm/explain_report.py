@@ -1,0 +1,177 @@
+"""Read, summarise and plot a run's attribution (``explain/`` of ``llm.explain``), with a forecast overlaid.
+
+Curves are cumulative from the run's start and averaged over the attributed prompts of each probe type, in nats of
+SUMMED log-probs (the argmax is the TEACHER-FORCED argmax along y+): measured = log pi_t - log pi_0, predicted =
+the sum over steps of the first-order changes, one stacked band per loss term, residual = measured - predicted.
+A forecast (``llm.forecast``, the run predicted from the kernel at the start) is compared on the probe means of
+both runs' metrics.jsonl, and "parts" at the first evaluation where |forecast - real| exceeds ``tolerance`` times
+the largest movement of that probe's real curve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from llm.runs import read_run_metrics
+from toykit.runs import read_json
+
+__all__ = ["Explanation", "load_explanation", "explanation_table", "format_explanation", "forecast_comparison",
+           "plot_explanation"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Explanation:
+    """A run's attribution, reduced to probe-type means of cumulative curves.
+
+    Attributes:
+        probe_types: T probe types (first-seen order); terms: K loss terms (remainder last).
+        steps: (S+1,) optimizer steps 0..S.
+        measured, predicted: (T, S+1) cumulative mean change of the summed log-prob, 0 at step 0.
+        contributions: (T, K, S+1) cumulative mean change due to each term.
+        meta: the saved meta.json (optimizer, loss, per-step fit, seconds).
+    """
+
+    run_dir: Path
+    probe_types: tuple[str, ...]
+    terms: tuple[str, ...]
+    steps: np.ndarray
+    measured: np.ndarray
+    predicted: np.ndarray
+    contributions: np.ndarray
+    meta: dict
+
+    @property
+    def residual(self) -> np.ndarray:
+        """(T, S+1) measured minus predicted, cumulative."""
+        return self.measured - self.predicted
+
+
+def load_explanation(run_dir: str | Path) -> Explanation:
+    """Read ``run_dir/explain`` written by an ``--explain-prompts N`` run.
+
+    Raises:
+        ValueError: the folder is missing (the run was trained without --explain-prompts).
+    """
+    run_dir = Path(run_dir)
+    folder = run_dir / "explain"
+    if not (folder / "attribution.npz").exists() or not (folder / "meta.json").exists():
+        raise ValueError(f"{folder} holds no attribution: train with --explain-prompts N (e.g. 16) to record one")
+    meta = read_json(folder / "meta.json")
+    saved = np.load(folder / "attribution.npz")
+    values, contrib = saved["values"], saved["contributions"]  # (S+1, N_o), (S, K, N_o)
+    kinds = np.asarray(meta["probe_types"])
+    if values.shape[1] != kinds.size or contrib.shape[1] != len(meta["terms"]):
+        raise ValueError(f"{folder}: arrays {values.shape}, {contrib.shape} do not match meta.json's "
+                         f"{kinds.size} observed rows and {len(meta['terms'])} terms")
+    types = tuple(dict.fromkeys(meta["probe_types"]))
+    zero = np.zeros((1,) + contrib.shape[1:])
+    cum = np.concatenate([zero, np.cumsum(contrib, axis=0)])  # (S+1, K, N_o)
+    measured = values - values[:1]
+    mean = lambda a, t: a[..., kinds == t].mean(axis=-1)  # noqa: E731  mean over the prompts of type t
+    contributions = np.stack([mean(cum, t).T for t in types])  # (T, K, S+1)
+    return Explanation(run_dir, types, tuple(meta["terms"]), np.arange(values.shape[0]),
+                       np.stack([mean(measured, t) for t in types]), contributions.sum(axis=1), contributions, meta)
+
+
+def explanation_table(expl: Explanation) -> pd.DataFrame:
+    """One row per probe type: total measured, predicted, residual and each term's share (nats, summed log-prob)."""
+    rows = []
+    for i, probe in enumerate(expl.probe_types):
+        row = {"probe": probe, "measured": expl.measured[i, -1], "predicted": expl.predicted[i, -1],
+               "residual": expl.residual[i, -1]}
+        row.update({term: expl.contributions[i, k, -1] for k, term in enumerate(expl.terms)})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def format_explanation(expl: Explanation) -> str:
+    """The table as text plus one sentence per probe naming the term that moved it most."""
+    meta = expl.meta
+    lines = [f"{expl.run_dir}: {meta['loss']} with {meta['optimizer']}, {meta['steps']} steps, "
+             f"{meta['num_prompts']} prompts attributed; per-step r(predicted, measured) median "
+             f"{meta['median_step_correlation']:.4f}, cumulative relative error {meta['relative_error']:.3f}",
+             "change of the summed log-prob from step 0 (nats, mean over prompts):"]
+    table = explanation_table(expl)
+    lines.append(table.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
+    main = [t for t in expl.terms if t != "optimizer remainder"]
+    for _, row in table.iterrows():
+        top = max(main, key=lambda t: abs(row[t]))
+        verb = "rose" if row["measured"] > 0 else "fell"
+        lines.append(f"- {row['probe']} {verb} by {abs(row['measured']):.3f} nats (predicted "
+                     f"{row['predicted']:+.3f}); largest cause: the {top} term, {row[top]:+.3f}")
+    return "\n".join(lines)
+
+
+def _probe_means(run_dir: Path) -> pd.DataFrame:
+    table = read_run_metrics(run_dir)
+    table = table[(table["statistic"] == "logp_sum") & table["probe"].notna() & (table["probe"] != "train")]
+    return table.groupby(["probe", "step"])["value"].mean().unstack("step")  # probe x step
+
+
+def forecast_comparison(run_dir: str | Path, forecast_dir: str | Path, tolerance: float = 0.15) -> pd.DataFrame:
+    """Per probe type and shared evaluation step: real and forecast mean summed log-prob, and where they part.
+
+    Returns:
+        rows (probe, step, real, forecast, gap, parted): parted is True from the first step where
+        |forecast - real| > tolerance x max_t |real_t - real_0| on.
+    """
+    real, fore = _probe_means(Path(run_dir)), _probe_means(Path(forecast_dir))
+    steps = [s for s in real.columns if s in fore.columns]
+    if not steps:
+        raise ValueError(f"{run_dir} and {forecast_dir} share no evaluation step: same config and eval_every?")
+    rows = []
+    for probe in [p for p in real.index if p in fore.index]:
+        r, f = real.loc[probe, steps].to_numpy(float), fore.loc[probe, steps].to_numpy(float)
+        scale = max(float(np.nanmax(np.abs(r - r[0]))), 1e-12)
+        parted = np.maximum.accumulate(np.abs(f - r) > tolerance * scale)
+        rows += [{"probe": probe, "step": int(s), "real": r[j], "forecast": f[j], "gap": f[j] - r[j],
+                  "parted": bool(parted[j])} for j, s in enumerate(steps)]
+    return pd.DataFrame(rows)
+
+
+def plot_explanation(expl: Explanation, forecast: pd.DataFrame | None = None, columns: int = 4):
+    """Return a Figure: per probe type the measured and predicted curves over stacked term contributions.
+
+    With ``forecast`` (``forecast_comparison``) the forecast's change from step 0 is overlaid (red) and the step
+    where it parts from the real run is marked.
+    """
+    import matplotlib.pyplot as plt
+
+    n = len(expl.probe_types)
+    cols = min(columns, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.6 * cols, 2.9 * rows), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for i, probe in enumerate(expl.probe_types):
+        ax = axes[i // cols][i % cols]
+        for sign in (1, -1):  # positive and negative contributions stacked apart
+            base = np.zeros_like(expl.steps, dtype=float)
+            for k, term in enumerate(expl.terms):
+                part = np.where(sign * expl.contributions[i, k] > 0, expl.contributions[i, k], 0.0)
+                ax.fill_between(expl.steps, base, base + part, color=colours(k), alpha=0.35, lw=0,
+                                label=term if sign == 1 and i == 0 else None)
+                base = base + part
+        ax.plot(expl.steps, expl.measured[i], "k-", lw=1.4, label="measured" if i == 0 else None)
+        ax.plot(expl.steps, expl.predicted[i], "k--", lw=1.0, label="predicted (sum of terms)" if i == 0 else None)
+        if forecast is not None and probe in set(forecast["probe"]):
+            f = forecast[forecast["probe"] == probe]
+            ax.plot(f["step"], f["forecast"] - f["real"].iloc[0], "r:", lw=1.4,
+                    label="forecast (kernel at start)" if i == 0 else None)
+            if f["parted"].any():
+                ax.axvline(int(f.loc[f["parted"], "step"].iloc[0]), color="r", lw=0.8, alpha=0.6)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_title(probe, fontsize=9)
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.set_ylabel("Delta log pi (summed, nats)", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for j in range(n, rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    fig.legend(loc="lower center", ncol=min(6, len(expl.terms) + 3), fontsize=7, frameon=False)
+    fig.suptitle(f"{expl.meta['loss']} / {expl.meta['optimizer']}: what moved each probe (mean over "
+                 f"{expl.meta['num_prompts']} prompts)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.96))
+    return fig
