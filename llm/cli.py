@@ -7,6 +7,9 @@
     python -m llm eval --probes hh_formal_prob_train.jsonl --model DIR
     python -m llm train --loss dpo --out-dir runs/x --resume   # continue a killed run
     python -m llm validate --preset cpu                # the paper's claims end to end (see llm.validation.pipeline)
+    python -m llm dpo --explain-prompts 16 --out-dir runs/d   # record what moved every probe, per loss term
+    python -m llm forecast --loss dpo --out-dir runs/f # the same run predicted from the kernel at its start
+    python -m llm explain runs/d --forecast runs/f     # measured vs predicted vs forecast, stacked by term
 """
 
 from __future__ import annotations
@@ -34,12 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     from llm.validation.pipeline import ValidateConfig
 
-    subs = parser.add_subparsers(dest="command", required=True, metavar="{sft,dpo,train,eval,validate}")
+    subs = parser.add_subparsers(dest="command", required=True,
+                                 metavar="{sft,dpo,train,eval,validate,forecast,explain}")
     helps = {"sft": "supervised finetuning on y+ (or --loss extend: on y+ and y-)",
              "dpo": "direct preference optimisation (toykit loss 'dpo')",
              "train": f"any loss: --loss one of {', '.join(Objective.known())}",
              "eval": "evaluate every probe type of a probe set on a model",
-             "validate": "pretrain -> SFT / extend -> off- and on-policy DPO over seeds; score the paper's claims"}
+             "validate": "pretrain -> SFT / extend -> off- and on-policy DPO over seeds; score the paper's claims",
+             "forecast": "predict a run before training it: its model linearised at the start (frozen eNTK, exact "
+                         "softmax) trained with the run's recipe; --loss one of the train losses"}
     configs = {"eval": EvalConfig, "validate": ValidateConfig}
     for name, text in helps.items():
         sub = subs.add_parser(name, help=text, description=text)  # field help already states the default
@@ -50,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   "beta 0.1, 512 total / 256 prompt tokens, its truncation side and evaluation "
                                   "cadence, probes = first 500 training examples; llm/presets.py documents each "
                                   "field): paper-hh or paper-ultrafeedback; --config and flags override it")
+    from llm.explain_report import add_explain_arguments
+
+    add_explain_arguments(subs.add_parser("explain", help="print and plot what moved every probe of a run recorded "
+                                          "with --explain-prompts (and a forecast against it)"))
     return parser
 
 
@@ -69,7 +79,7 @@ def _config(parser: argparse.ArgumentParser, ns: argparse.Namespace):
         from llm.validation.pipeline import ValidateConfig
 
         return config_from_namespace(ValidateConfig, ns)
-    if ns.command == "train" and ns.loss is None:
+    if ns.command in ("train", "forecast") and ns.loss is None:
         parser.error("train needs --loss NAME; known: " + ", ".join(Objective.known()))
     cfg = _with_preset(ns) if getattr(ns, "preset", None) else config_from_namespace(TrainConfig, ns)
     if ns.command in _FIXED:
@@ -86,6 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command, print the run directory and wall time; return the exit status."""
     parser = build_parser()
     ns = parser.parse_args(argv)
+    if ns.command == "explain":
+        from llm.explain_report import run_explain_command
+
+        return run_explain_command(ns)
     try:
         cfg = _config(parser, ns)
     except ValueError as err:
@@ -101,6 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             run_dir, doc = run_validation(cfg)
             print(f"{doc['held']} of {doc['total']} claims hold in every seed; report: {run_dir / 'report.md'}")
+        elif ns.command == "forecast":
+            from llm.forecast import forecast, format_cost
+
+            result = forecast(cfg)
+            run_dir = result.run_dir
+            print(format_cost(result.summary["forecast"]))
         else:
             run_dir = train(cfg).run_dir
     except NonFiniteLossError as err:

@@ -5,7 +5,8 @@ SUMMED log-probs (the argmax is the TEACHER-FORCED argmax along y+): measured = 
 the sum over steps of the first-order changes, one stacked band per loss term, residual = measured - predicted.
 A forecast (``llm.forecast``, the run predicted from the kernel at the start) is compared on the probe means of
 both runs' metrics.jsonl, and "parts" at the first evaluation where |forecast - real| exceeds ``tolerance`` times
-the largest movement of that probe's real curve.
+the largest movement of any probe's real curve (one scale per run, so a probe that barely moves is not flagged for
+a gap far below the run's own dynamics).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from llm.runs import read_run_metrics
 from toykit.runs import read_json
 
 __all__ = ["Explanation", "load_explanation", "explanation_table", "format_explanation", "forecast_comparison",
-           "plot_explanation"]
+           "plot_explanation", "cost_report", "add_explain_arguments", "run_explain_command"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,16 +118,18 @@ def forecast_comparison(run_dir: str | Path, forecast_dir: str | Path, tolerance
 
     Returns:
         rows (probe, step, real, forecast, gap, parted): parted is True from the first step where
-        |forecast - real| > tolerance x max_t |real_t - real_0| on.
+        |forecast - real| > tolerance x the largest movement max_t |real_t - real_0| of any probe, on.
     """
     real, fore = _probe_means(Path(run_dir)), _probe_means(Path(forecast_dir))
     steps = [s for s in real.columns if s in fore.columns]
-    if not steps:
-        raise ValueError(f"{run_dir} and {forecast_dir} share no evaluation step: same config and eval_every?")
+    probes = [p for p in real.index if p in fore.index]
+    if not steps or not probes:
+        raise ValueError(f"{run_dir} and {forecast_dir} share no evaluation step or probe: same config?")
+    moved = real.loc[probes, steps].to_numpy(float)
+    scale = max(float(np.nanmax(np.abs(moved - moved[:, :1]))), 1e-12)  # the largest movement of any probe
     rows = []
-    for probe in [p for p in real.index if p in fore.index]:
+    for probe in probes:
         r, f = real.loc[probe, steps].to_numpy(float), fore.loc[probe, steps].to_numpy(float)
-        scale = max(float(np.nanmax(np.abs(r - r[0]))), 1e-12)
         parted = np.maximum.accumulate(np.abs(f - r) > tolerance * scale)
         rows += [{"probe": probe, "step": int(s), "real": r[j], "forecast": f[j], "gap": f[j] - r[j],
                   "parted": bool(parted[j])} for j, s in enumerate(steps)]
@@ -175,3 +178,65 @@ def plot_explanation(expl: Explanation, forecast: pd.DataFrame | None = None, co
                  f"{expl.meta['num_prompts']} prompts)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 0.96))
     return fig
+
+
+def cost_report(run_dir: str | Path, forecast_dir: str | Path | None = None) -> dict:
+    """Seconds of the run, of its attribution hook and of a forecast, and their multiples of the plain run.
+
+    The plain run is the run's own train + probe seconds minus the attribution's (which ran inside its steps); the
+    forecast counts its own train + probe seconds (its loop; setup such as a tokenizer is left out of both).
+    """
+    run_dir = Path(run_dir)
+    summary = read_json(run_dir / "summary.json") if (run_dir / "summary.json").exists() else {}
+    total = (summary.get("train_seconds") or 0.0) + (summary.get("probe_seconds") or 0.0)
+    meta_path = run_dir / "explain" / "meta.json"
+    attribution = read_json(meta_path)["seconds"] if meta_path.exists() else 0.0
+    plain = max(total - attribution, 1e-12)
+    out = {"run_seconds": total, "attribution_seconds": attribution, "plain_run_seconds": plain,
+           "run_with_attribution_x": total / plain}
+    if forecast_dir is not None:
+        fcost = read_json(Path(forecast_dir) / "forecast.json")
+        loop = (fcost.get("train_seconds") or 0.0) + (fcost.get("probe_seconds") or 0.0)
+        out.update(forecast_seconds=loop, forecast_x=loop / plain)
+    return out
+
+
+def add_explain_arguments(parser) -> None:
+    """The ``python -m llm explain`` options."""
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run trained with --explain-prompts N")
+    parser.add_argument("--forecast", metavar="DIR", default=None,
+                        help="a `python -m llm forecast` run of the same config: overlaid, and where it parts marked")
+    parser.add_argument("--tolerance", type=float, default=0.15,
+                        help="the forecast parts from the run where |forecast - real| > tolerance x the largest "
+                             "movement of any probe (default 0.15)")
+    parser.add_argument("--figure", metavar="PATH", default=None,
+                        help="where to write the figure (default RUN_DIR/explain/explain.png)")
+
+
+def run_explain_command(ns) -> int:
+    """Print the attribution table (and the forecast's parting points and costs), write the figure."""
+    try:
+        expl = load_explanation(ns.run_dir)
+        comparison = forecast_comparison(ns.run_dir, ns.forecast, ns.tolerance) if ns.forecast else None
+        cost = cost_report(ns.run_dir, ns.forecast)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        print(f"error: {err}")
+        return 2
+    print(format_explanation(expl))
+    if comparison is not None:
+        print(f"forecast {ns.forecast} (tolerance {ns.tolerance:g} x the largest movement):")
+        for probe, rows in comparison.groupby("probe", sort=False):
+            last = rows.iloc[-1]
+            parted = rows[rows["parted"]]
+            where = f"parts at step {int(parted['step'].iloc[0])}" if len(parted) else "tracks the run throughout"
+            print(f"- {probe}: real {last['real'] - rows['real'].iloc[0]:+.3f}, forecast "
+                  f"{last['forecast'] - rows['forecast'].iloc[0]:+.3f} nats; {where}")
+    print("cost: " + ", ".join(f"{k} {v:.2f}" for k, v in cost.items()))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    figure = Path(ns.figure) if ns.figure else Path(ns.run_dir) / "explain" / "explain.png"
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    plot_explanation(expl, comparison).savefig(figure, dpi=110)
+    print(f"figure: {figure}")
+    return 0

@@ -1,0 +1,27 @@
+"""`python -m llm explain` and `python -m llm forecast`: the table, the overlay, the figure, clear errors."""
+
+from llm.cli import main
+
+_SMALL = ["--num-synthetic", "16", "--held-out", "4", "--num-probes", "3", "--tiny-hidden", "32", "--tiny-vocab-size",
+          "300", "--max-prompt-tokens", "32", "--max-response-tokens", "16", "--lr", "1e-5", "--eval-every", "4",
+          "--progress", "false", "--save-model", "false"]
+
+
+def test_explain_prints_the_attribution_and_overlays_a_forecast(tmp_path, capsys):
+    run, fc = str(tmp_path / "run"), str(tmp_path / "fc")
+    assert main(["dpo", *_SMALL, "--explain-prompts", "3", "--out-dir", run]) == 0
+    assert main(["forecast", "--loss", "dpo", *_SMALL, "--out-dir", fc]) == 0
+    assert "forecast: 3 steps" in capsys.readouterr().out
+    assert main(["explain", run, "--forecast", fc]) == 0
+    out = capsys.readouterr().out
+    for text in ("y+ pull", "y- push", "rejected fell by", "largest cause", "tracks the run throughout", "forecast_x",
+                 "run_with_attribution_x"):
+        assert text in out, text
+    assert (tmp_path / "run" / "explain" / "explain.png").stat().st_size > 10_000
+
+
+def test_explain_of_a_run_without_attribution_says_how_to_record_one(tmp_path, capsys):
+    run = str(tmp_path / "plain")
+    assert main(["sft", *_SMALL, "--out-dir", run]) == 0
+    assert main(["explain", run]) == 2
+    assert "train with --explain-prompts N" in capsys.readouterr().out
