@@ -48,9 +48,15 @@ class _ModelData:
                                                                      "the same dtype as the policy)")
     device: str = _f("auto", "cpu, cuda, cuda:N or auto (cuda when available)")
     bf16: bool = _f(False, "bf16 autocast of forward passes on CUDA (log-softmax stays float32)")
-    data: str = _f("", "preference pairs JSONL (TRL prompt/chosen/rejected, HH raw dialogues or message lists); "
-                   "empty: synthetic arithmetic pairs")
-    data_format: Literal["auto", "trl", "hh", "messages"] = _f("auto", "format of --data")
+    data: str = _f("", "preference pairs: a .jsonl / .json / .parquet file, a datasets save_to_disk directory or a "
+                   "hub dataset name (TRL prompt/chosen/rejected, HH raw dialogues, message lists, or TRL's "
+                   "conversational formats with --data-format chat); empty: synthetic arithmetic pairs")
+    data_format: Literal["auto", "trl", "hh", "messages", "chat"] = _f(
+        "auto", "format of --data: auto (per record: message lists -> messages, a prompt key -> trl, else hh), trl, "
+        "hh, messages (rendered in the HH layout), or chat (TRL's conversational records -- prompt/chosen/rejected "
+        "message lists, prompt/completion, or messages for SFT -- rendered with the tokenizer's chat template)")
+    data_split: str = _f("train", "split of a hub dataset or of a datasets directory holding several splits")
+    data_columns: str = _f("", "rename data columns to TRL's names, e.g. prompt=question,chosen=good,rejected=bad")
     num_synthetic: int = _f(48, "number of synthetic pairs when --data is empty")
     max_pairs: int | None = _f(None, "use only the first pairs of the data file")
     held_out: int = _f(8, "last pairs of the data withheld from training: their y+ are the held-out probe answers "

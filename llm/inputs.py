@@ -9,9 +9,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from llm.data import PreferencePair, ProbeSet, load_pairs, load_probe_set, probe_set_from_pairs, synthetic_pairs
+from llm.chat import pairs_from_chat_records
+from llm.data import (PreferencePair, ProbeSet, load_pairs, load_probe_set, pairs_from_records, probe_set_from_pairs,
+                      synthetic_pairs)
 from llm.encoding import TruncationPolicy
 from llm.models import TINY_ARCHS, load_model, resolve_device, resolve_dtype, tiny_model
+from llm.sources import parse_columns, read_records
 from llm.tokenization import check_tokenizer, load_tokenizer, train_bpe_tokenizer
 
 __all__ = ["RunInputs", "build_inputs", "truncation_policy", "check_device", "check_pairs_differ"]
@@ -32,9 +35,10 @@ class RunInputs:
 
 
 def truncation_policy(cfg) -> TruncationPolicy:
-    """The run's truncation policy (eos appended to every response, as TRL does)."""
-    return TruncationPolicy(cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.prompt_overflow, append_eos=True,
-                            max_total_tokens=cfg.max_total_tokens)
+    """The run's truncation policy (eos appended to every response as TRL does, except to chat-template text,
+    whose end-of-turn tokens TRL takes from the template)."""
+    return TruncationPolicy(cfg.max_prompt_tokens, cfg.max_response_tokens, cfg.prompt_overflow,
+                            append_eos=cfg.data_format != "chat", max_total_tokens=cfg.max_total_tokens)
 
 
 def check_device(cfg):
@@ -54,15 +58,25 @@ def check_pairs_differ(pairs: list[PreferencePair], source: str, loss: str) -> N
                          f"{loss!r} compares the two, so drop or fix these pairs")
 
 
-def _pairs(cfg) -> list[PreferencePair]:
-    if cfg.data:
+def _pairs(cfg, tokenizer=None) -> list[PreferencePair]:
+    if cfg.data and cfg.data_format != "chat" and cfg.data.endswith(".jsonl") and not cfg.data_columns:
         pairs = load_pairs(cfg.data, cfg.data_format, leading_space=cfg.leading_space)
+    elif cfg.data:
+        records, source = read_records(cfg.data, split=cfg.data_split, columns=parse_columns(cfg.data_columns))
+        if cfg.data_format == "chat":
+            pairs = pairs_from_chat_records(records, tokenizer, source)
+        else:
+            pairs = pairs_from_records(records, source, cfg.data_format, leading_space=cfg.leading_space)
     else:
         pairs = synthetic_pairs(cfg.num_synthetic, seed=cfg.seed)
     return pairs[: cfg.max_pairs] if cfg.max_pairs is not None else pairs
 
 
-def _probes(cfg, train_pairs: list[PreferencePair], held_out: list[PreferencePair]) -> ProbeSet:
+def _probes(cfg, train_pairs: list[PreferencePair], held_out: list[PreferencePair], tokenizer=None) -> ProbeSet:
+    if cfg.probes and cfg.data_format == "chat":  # conversational probe pairs, rendered like the training data
+        records, source = read_records(cfg.probes, split=cfg.data_split, columns=parse_columns(cfg.data_columns))
+        probe_pairs = pairs_from_chat_records(records[: cfg.num_probes], tokenizer, source)
+        return dataclasses.replace(probe_set_from_pairs(probe_pairs, held_out=held_out, seed=cfg.seed), source=source)
     if cfg.probes:
         return load_probe_set(cfg.probes, max_records=cfg.num_probes, held_out=[p.chosen for p in held_out],
                               seed=cfg.seed, leading_space=cfg.leading_space)
@@ -87,15 +101,22 @@ def build_inputs(cfg, *, model=None, tokenizer=None, pairs=None, probes=None, to
         tokenizer_dir: a saved tokenizer of this run (used when resuming, so the vocabulary cannot drift).
         need_pairs: False for probe evaluation from a probe file without a pairs file.
     """
+    if tokenizer is None and cfg.data_format == "chat":  # rendering the data needs the tokenizer's template
+        source = (str(tokenizer_dir) if tokenizer_dir is not None and Path(tokenizer_dir).is_dir() else
+                  cfg.tokenizer or (None if cfg.model.startswith(_TINY) else cfg.model))
+        if source is None:
+            raise ValueError("--data-format chat with a tiny-* model needs --tokenizer: a tokenizer directory with a "
+                             "chat template")
+        tokenizer = load_tokenizer(source)
     if pairs is None and (need_pairs or not cfg.probes):
-        pairs = _pairs(cfg)
+        pairs = _pairs(cfg, tokenizer)
     pairs = list(pairs or [])
     if need_pairs and len(pairs) <= cfg.held_out:
         raise ValueError(f"{len(pairs)} pairs leave none for training after holding out {cfg.held_out}")
     cut = len(pairs) - cfg.held_out if cfg.held_out else len(pairs)
     train_pairs, held_out = pairs[:cut], pairs[cut:]
     if probes is None:
-        probes = _probes(cfg, train_pairs, held_out)
+        probes = _probes(cfg, train_pairs, held_out, tokenizer)
     if tokenizer is None:
         if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
             tokenizer = load_tokenizer(str(tokenizer_dir))
