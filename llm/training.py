@@ -234,6 +234,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     timing = {"train_seconds": 0.0, "probe_seconds": 0.0}
     last = None
     final_probes = state.get("final_probes", {}) if state is not None else {}  # a kill after the end checkpoint
+    probe_mode = state.get("probe_mode") if state is not None else None  # ditto: no probe pass runs again
     hooks = [*hooks, *hooks_from_config(cfg)]
     if hooks and world.world_size > 1:
         raise ValueError("step hooks (explain) run in a single process only")
@@ -342,14 +343,15 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
         final_probes = _means(last)
     if cfg.checkpoint_at_end:
         save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                        examples_seen=seen, metrics_path=metrics_path, extra={"final_probes": final_probes})
+                        examples_seen=seen, metrics_path=metrics_path,
+                        extra={"final_probes": final_probes, "probe_mode": evaluator.active_mode or probe_mode})
     if cfg.save_model:
         with atomic_path(run_dir / "model") as tmp:
             model.save_pretrained(str(tmp))
             shutil.copytree(run_dir / "tokenizer", tmp, dirs_exist_ok=True)  # the run's tokenizer, as saved
     total = timing["train_seconds"] + timing["probe_seconds"]
     summary.update(status="completed", step=step, examples_seen=seen, epochs_completed=seen / len(chosen), **timing,
-                   probe_mode=evaluator.active_mode,
+                   probe_mode=evaluator.active_mode or probe_mode,
                    probe_share=timing["probe_seconds"] / total if total else None, final_probes=final_probes)
     write_json(run_dir / "summary.json", summary)
     return TrainResult(run_dir, model, tok, "completed", step, seen, last, summary)
