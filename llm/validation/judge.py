@@ -6,11 +6,13 @@ scores it for the question the prompt asks:
 
 | part of the response | score |
 |---|---|
-| the asked fact, correct value (plain or alternative wording) | +3 |
+| the asked fact, correct value (any wording) | +3 |
 | the asked fact, hedged, correct / wrong value | +2 / -1 |
 | the asked fact, wrong value | -2 |
 | an evasive non-answer to the asked fact | 0 |
 | nothing about the asked fact | -1 |
+| an opener or closer ("of course .", "i hope this helps .") | 0 |
+| each unhelpful remark ("maybe ask someone else .") | -0.5 |
 | each further true fact about the asked entity (at most 2 counted) | +0.5 |
 | each further false fact, or a fact about another entity | -1 / -0.5 |
 | each sentence the grammar cannot parse, an unfinished sentence, a repeated sentence | -1 |
@@ -25,7 +27,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from llm.validation.world import ASSISTANT, ATTRIBUTES, EVASIVE, HEDGE, HUMAN, Claim, World
+from llm.validation.grammar import ATTRIBUTES, EVASIONS, FILLER_KINDS, HEDGES, Claim
+from llm.validation.world import ASSISTANT, HUMAN, World
 
 __all__ = ["Judgement", "Judge"]
 
@@ -35,6 +38,7 @@ _NO_ANSWER = -1.0
 _EXTRA_TRUE, _MAX_EXTRA = 0.5, 2
 _EXTRA_FALSE = -1.0
 _OFF_TOPIC = -0.5
+_UNHELPFUL = -0.5
 _DISFLUENT = -1.0
 _EMPTY = -4.0
 
@@ -67,15 +71,19 @@ class Judge:
     def __init__(self, world: World):
         self.world = world
         self._entities = set(world.entities)
-        self._patterns: list[tuple[re.Pattern[str], str, str, str]] = []  # (regex, kind, attribute, wording)
+        # (regex, kind, attribute, wording, frame); fillers are matched exactly in self._fillers.
+        self._patterns: list[tuple[re.Pattern[str], str, str, int, int]] = []
         for name, attr in ATTRIBUTES.items():
-            for wording in ("plain", "alt"):
-                body = getattr(attr, wording)
-                self._patterns.append((re.compile(_pattern(body) + r" \.$"), "fact", name, wording))
-                hedged = HEDGE[wording].replace("{s}", body)
-                self._patterns.append((re.compile(_pattern(hedged) + r" \.$"), "hedged", name, wording))
-                evasive = EVASIVE[wording].replace("{w}", attr.wh)
-                self._patterns.append((re.compile(_pattern(evasive) + r" \.$"), "evasive", name, wording))
+            for wording, body in enumerate(attr.wordings):
+                self._patterns.append((re.compile("^" + _pattern(body) + r" \.$"), "fact", name, wording, 0))
+                for frame, hedge in enumerate(HEDGES):
+                    self._patterns.append((re.compile("^" + _pattern(hedge.replace("{s}", body)) + r" \.$"),
+                                           "hedged", name, wording, frame))
+            for frame, evasion in enumerate(EVASIONS):
+                self._patterns.append((re.compile("^" + _pattern(evasion.replace("{w}", attr.wh)) + r" \.$"),
+                                       "evasive", name, 0, frame))
+        self._fillers = {text: (kind, frame) for kind, texts in FILLER_KINDS.items()
+                         for frame, text in enumerate(texts)}
         self._questions = [(re.compile("^" + _pattern(q) + "$"), name)
                            for name, attr in ATTRIBUTES.items() for q in attr.questions]
 
@@ -101,7 +109,7 @@ class Judge:
         sentences, current = [], []
         for w in words:
             current.append(w)
-            if w == ".":
+            if w in (".", "?"):
                 sentences.append(" ".join(current))
                 current = []
         if current:
@@ -109,14 +117,17 @@ class Judge:
         return [self._parse_sentence(s) for s in sentences], sentences
 
     def _parse_sentence(self, sentence: str) -> Claim | None:
-        for regex, kind, name, wording in self._patterns:
+        if sentence in self._fillers:
+            kind, frame = self._fillers[sentence]
+            return Claim(kind, None, None, None, 0, frame)
+        for regex, kind, name, wording, frame in self._patterns:
             m = regex.match(sentence)
             if m is None or m.group("e") not in self._entities:
                 continue
             value = m.groupdict().get("v")
             if value is not None and value not in ATTRIBUTES[name].values:
                 continue
-            return Claim(kind, m.group("e"), name, value, wording)
+            return Claim(kind, m.group("e"), name, value, wording, frame)
         return None
 
     def judge(self, prompt: str, response: str) -> Judgement:
@@ -135,6 +146,9 @@ class Judge:
                 seen.add(sentence)
                 continue
             seen.add(sentence)
+            if claim.kind in FILLER_KINDS:
+                score += _UNHELPFUL if claim.kind == "unhelpful" else 0.0
+                continue
             about_asked = claim.entity == entity and claim.attribute == attribute
             if about_asked and answered == "none":
                 if claim.kind == "evasive":

@@ -32,11 +32,12 @@ from llm.logps import greedy_decode
 from llm.models import load_model, resolve_device, tiny_model
 from llm.validation.prop1 import Prop1Config, plot_prop1, run_prop1, save_prop1
 from llm.validation.render import plot_baseline_vs_extend, plot_probe_curves, report_markdown
-from llm.validation.report import CLAIMS, SeedResult, claims_document, evaluate_regimes
+from llm.validation.report import CLAIMS, LARGE_SUFFIX, SeedResult, claims_document, evaluate_regimes
 from llm.runs import read_run_metrics
-from llm.tokenization import build_word_tokenizer, load_tokenizer
+from llm.tokenization import load_tokenizer
 from llm.training import train
-from llm.validation.world import PROBE_KEYS, World, WorldConfig, build_world, save_world
+from llm.validation.conditions import argmax_positions, argmax_split, bigram_overlap, ches_similarity, one_step_change
+from llm.validation.world import PROBE_KEYS, World, WorldConfig, build_world, save_world, world_tokenizer
 from toykit.configs import config_to_dict
 from toykit.runs import MetricsWriter, create_run_dir, write_json
 
@@ -48,7 +49,8 @@ _PROBE_STATS = ("logp_sum", "logp_mean", "entropy", "energy", "peakiness", "top1
 
 @dataclass(frozen=True)
 class Preset:
-    """Sizes of one validation preset: world, model, pretraining and finetuning schedules, probes, Prop. 1."""
+    """Sizes of one validation preset: world, model, pretraining, the finetuning schedules of both step regimes,
+    probes and Prop. 1. Each phase is probed ``evals_per_phase`` times (plus at its start), whatever its length."""
 
     world: WorldConfig
     arch: str = "gpt2"
@@ -59,15 +61,21 @@ class Preset:
     pretrain_lr: float = 3e-3
     pretrain_batch: int = 32
     optimizer: str = "adamw"
-    sft_lr: float = 5e-4
+    sft_lr: float = 1e-4
+    sft_warmup: int = 10
     sft_epochs: int = 3
-    dpo_lr: float = 5e-4
-    dpo_epochs: int = 6
+    dpo_lr: float = 2e-5
+    dpo_warmup: int = 20
+    dpo_epochs: int = 8
+    #: the "large step" regime of the DPO phases (a labelled second column): the old preset's lr, no warm-up.
+    large_dpo_lr: float = 5e-4
+    large_dpo_epochs: int = 6
+    large_phases: tuple[str, ...] = ("dpo", "extend_dpo")
     beta: float = 0.1
     batch_size: int = 8
-    eval_every: int = 60
-    probe_batch_size: int = 16
-    greedy_max_new_tokens: int = 24
+    evals_per_phase: int = 20
+    probe_batch_size: int = 32
+    greedy_max_new_tokens: int = 72
     onpolicy_samples: int = 4
     temperature: float = 1.0
     prop1_probes: int = 12
@@ -79,16 +87,17 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # The reduced pipeline of the test suite: every phase, two tiny seeds, well under a minute.
-    "test": Preset(WorldConfig(n_entities=8, n_probes=6, docs_per_entity=2, n_unrelated=40), hidden=32,
-                   pretrain_epochs=6, sft_epochs=2, dpo_epochs=2, eval_every=15, greedy_max_new_tokens=12,
-                   onpolicy_samples=2, prop1_probes=2, prop1_steps=1),
+    "test": Preset(WorldConfig(n_entities=8, n_probes=6, docs_per_entity=3, n_unrelated=40, vocab_size=600),
+                   hidden=32, pretrain_epochs=6, sft_epochs=2, dpo_epochs=2, large_dpo_epochs=1, evals_per_phase=4,
+                   greedy_max_new_tokens=64, onpolicy_samples=2, prop1_probes=2, prop1_steps=1),
     # Three seeds in under 10 minutes on 2 CPU cores.
     "cpu": Preset(WorldConfig()),
-    # The same pipeline sized for ~8 minutes per command on one H200: a ~50M-parameter model, a larger world, bf16.
-    "gpu": Preset(WorldConfig(n_entities=200, n_probes=256, docs_per_entity=8, n_unrelated=4000),
+    # The same pipeline and design sized for one H200: a ~50M-parameter model, a larger world, bf16.
+    "gpu": Preset(WorldConfig(n_entities=200, n_probes=256, docs_per_entity=9, n_unrelated=4000,
+                              test_fraction=0.4, vocab_size=4096),
                   arch="llama", hidden=768, layers=10, heads=12, pretrain_epochs=30, pretrain_lr=1e-3,
-                  pretrain_batch=64, sft_lr=1e-4, dpo_lr=1e-4, batch_size=16, eval_every=400, prop1_probes=32,
-                  probe_batch_size=128, bf16=True),
+                  pretrain_batch=64, sft_lr=2e-5, sft_warmup=50, dpo_lr=5e-6, dpo_warmup=150, large_dpo_lr=1e-4,
+                  batch_size=16, prop1_probes=32, probe_batch_size=128, bf16=True),
 }
 
 
@@ -241,27 +250,46 @@ def _probe_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 
 class _Phases:
-    """Run finetuning phases of one seed with the engine's ``train``, sharing every setting but loss and lr."""
+    """Run finetuning phases of one seed with the engine's ``train``, sharing every setting but loss and schedule.
+
+    At the start of every phase it measures the conditions of ``llm.validation.conditions`` (y+/y- overlap and
+    CHES of the phase's pairs, the largest one-step probe change at the phase's peak lr) and the per-position
+    teacher-forced argmax, which it measures again at the end (the argmax split).
+    """
 
     def __init__(self, preset: Preset, seed: int, seed_dir: Path, tokenizer, probes: ProbeSet, device: str,
                  progress: bool, model_name: str):
         self.preset, self.seed, self.dir, self.tok, self.probes = preset, seed, seed_dir, tokenizer, probes
         self.device, self.progress, self.model_name = device, progress, model_name
         self.rows: list[dict[str, Any]] = []
+        self.conditions: dict[str, dict[str, float]] = {}
+        self.argmax_split: dict[str, dict[str, float]] = {}
+        self.seconds: dict[str, float] = {}
 
     def run(self, name: str, loss: str, start_model, pairs: Sequence[PreferencePair], *, epochs: int, lr: float,
-            max_examples: int | None = None):
+            warmup: int = 0, max_examples: int | None = None):
         p = self.preset
+        n_examples = max_examples or epochs * len(pairs)
         cfg = TrainConfig(model=self.model_name, loss=loss, phase=name, optimizer=p.optimizer, lr=lr,
-                          batch_size=p.batch_size, epochs=epochs, max_examples=max_examples,
-                          eval_every=p.eval_every, beta=p.beta if loss != "extend" and loss != "sft" else None,
+                          warmup_steps=warmup, batch_size=p.batch_size, epochs=epochs, max_examples=max_examples,
+                          eval_every=max(1, n_examples // p.evals_per_phase),
+                          beta=p.beta if loss != "extend" and loss != "sft" else None,
                           held_out=0, num_probes=len(self.probes), greedy_max_new_tokens=p.greedy_max_new_tokens,
                           dtype=p.dtype, bf16=p.bf16, device=self.device, seed=self.seed, save_model=False,
                           checkpoint_at_end=False, probe_batch_size=p.probe_batch_size,
                           progress=self.progress, out_dir=str(self.dir / name))
+        t0 = time.perf_counter()
+        probe_pairs = list(pairs[: max(len(self.probes), 64)])
+        self.conditions[name] = {"overlap": bigram_overlap(self.tok, probe_pairs),
+                                 **ches_similarity(start_model, self.tok, probe_pairs),
+                                 "max_step": one_step_change(cfg, start_model, self.tok, pairs, self.probes,
+                                                             self.dir / "one_step" / name)}
+        start = argmax_positions(start_model, self.tok, self.probes)
         result = train(cfg, model=copy.deepcopy(start_model), tokenizer=self.tok, pairs=list(pairs),
                        probes=self.probes)
+        self.argmax_split[name] = argmax_split(start, argmax_positions(result.model, self.tok, self.probes))
         self.rows.extend(_probe_rows(result.run_dir))
+        self.seconds[name] = time.perf_counter() - t0
         return result
 
 
@@ -301,9 +329,8 @@ def run_seed(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path) -> 
     else:
         world = build_world(dataclasses.replace(preset.world, seed=seed))
         save_world(world, seed_dir / "world")
-        texts = list(world.corpus) + [t for p in (*world.train_pairs, *world.test_pairs, *world.probes)
-                                      for k, t in p.items() if k in PROBE_KEYS]
-        tok = build_word_tokenizer(texts)
+        tok = world_tokenizer(world)
+        extras["vocab_size"] = len(tok)
         base = tiny_model(preset.arch, len(tok), seed=seed, dtype=preset.dtype, hidden=preset.hidden,
                           layers=preset.layers, heads=preset.heads, max_positions=256,
                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
@@ -319,10 +346,16 @@ def run_seed(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path) -> 
         held = [PreferencePair(p["prompt"], p["chosen"], p["rejected"]) for p in world.test_pairs]
     extras["seconds_setup"] = time.perf_counter() - t0
     phases = _Phases(preset, seed, seed_dir, tok, probes, str(device), cfg.progress, cfg.model or "world-pretrained")
-    sft = phases.run("sft", "sft", base, pairs, epochs=preset.sft_epochs, lr=preset.sft_lr)
-    ext = phases.run("extend_sft", "extend", base, pairs, epochs=preset.sft_epochs, lr=preset.sft_lr)
-    dpo = phases.run("dpo", "dpo", sft.model, pairs, epochs=preset.dpo_epochs, lr=preset.dpo_lr)
-    ext_dpo = phases.run("extend_dpo", "dpo", ext.model, pairs, epochs=preset.dpo_epochs, lr=preset.dpo_lr)
+    sft_kw = {"epochs": preset.sft_epochs, "lr": preset.sft_lr, "warmup": preset.sft_warmup}
+    dpo_kw = {"epochs": preset.dpo_epochs, "lr": preset.dpo_lr, "warmup": preset.dpo_warmup}
+    large_kw = {"epochs": preset.large_dpo_epochs, "lr": preset.large_dpo_lr, "warmup": 0}
+    sft = phases.run("sft", "sft", base, pairs, **sft_kw)
+    ext = phases.run("extend_sft", "extend", base, pairs, **sft_kw)
+    dpo = phases.run("dpo", "dpo", sft.model, pairs, **dpo_kw)
+    ext_dpo = phases.run("extend_dpo", "dpo", ext.model, pairs, **dpo_kw)
+    for name, start in (("dpo", sft.model), ("extend_dpo", ext.model)):
+        if name in preset.large_phases:
+            phases.run(name + LARGE_SUFFIX, "dpo", start, pairs, **large_kw)
     win: dict[str, float] = {"win_rate": float("nan"), "wins": float("nan"), "ties": float("nan"),
                              "losses": float("nan"), "n": 0}
     if judge is not None:
@@ -332,7 +365,7 @@ def run_seed(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path) -> 
         on_pairs, extras["onpolicy"] = onpolicy_pairs(judge, [p.prompt for p in pairs], samples)
         if on_pairs:
             phases.run("onpolicy_dpo", "dpo", sft.model, on_pairs, epochs=10 * preset.dpo_epochs,
-                       lr=preset.dpo_lr, max_examples=dpo.examples_seen)
+                       lr=preset.dpo_lr, warmup=preset.dpo_warmup, max_examples=dpo.examples_seen)
         test_prompts = [p.prompt for p in held]
         answers = {name: greedy_responses(r.model, tok, test_prompts, max_new_tokens=preset.greedy_max_new_tokens)
                    for name, r in (("sft", sft), ("extend_sft", ext), ("dpo", dpo), ("extend_dpo", ext_dpo))}
@@ -347,6 +380,8 @@ def run_seed(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path) -> 
     prop1_dtype = "float64" if not cfg.model else "float32"
     prop1, prop1_results = _prop1(sft.model, tok, pairs, probes, preset, seed_dir, prop1_dtype)
     extras["seconds_total"] = time.perf_counter() - t0
+    extras["conditions"], extras["argmax_split"] = phases.conditions, phases.argmax_split
+    extras["seconds_phases"] = phases.seconds
     return SeedResult(seed, tuple(phases.rows), win, prop1, extras), prop1_results
 
 

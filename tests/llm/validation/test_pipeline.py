@@ -43,7 +43,7 @@ def test_reduced_pipeline_runs_end_to_end(tmp_path):
     by_name = {c["name"]: c for c in doc["claims"]}
     # The phases all ran and were probed: every claim got a value in both seeds, except those whose rule needs
     # more than the test preset has (the evaluation grid of the rise-then-fall, 200 held-out prompts).
-    coarse = {"sft_rejected_up_then_down", "extend_win_rate", "dpo_argmax_up_off_chosen"}
+    coarse = {"sft_rejected_up_then_down", "extend_win_rate"}
     assert all(len(c["values"]) == 2 and all(np.isfinite(c["values"])) for c in doc["claims"]
                if c["name"] not in coarse)
     # Properties that hold whatever the training does: SFT raises y+, extend raises y- above the baseline,
@@ -52,12 +52,22 @@ def test_reduced_pipeline_runs_end_to_end(tmp_path):
                  "prop1_dpo_correlation"):
         assert by_name[name]["seeds_holding"] == 2, (name, by_name[name]["values"])
     assert by_name["prop1_sft_correlation"]["passed"] is True
+    assert {by_name[n]["verdict"] for n in coarse} == {"not measured"}
     table = read_run_metrics(run_dir)
-    assert set(table["phase"]) == {"sft", "extend_sft", "dpo", "extend_dpo", "onpolicy_dpo"}
+    assert set(table["phase"]) == {"sft", "extend_sft", "dpo", "extend_dpo", "onpolicy_dpo", "dpo_large",
+                                   "extend_dpo_large"}
+    # Both step regimes are scored: the large-step column holds every claim that reads a DPO phase.
+    large = {c["name"]: c for c in doc["large_step"]}
+    assert "dpo_argmax_up" in large and "sft_chosen_up" not in large and len(large["dpo_argmax_up"]["values"]) == 2
     seeds = json.loads((run_dir / "seeds.json").read_text())
+    for s in seeds:  # the conditions and the argmax split were measured at every phase
+        assert set(s["extras"]["conditions"]) == set(table["phase"]) == set(s["extras"]["argmax_split"])
+        assert all(0 <= c["overlap"] <= 1 and c["max_step"] >= 0 for c in s["extras"]["conditions"].values())
+        assert s["extras"]["conditions"]["dpo_large"]["max_step"] > s["extras"]["conditions"]["dpo"]["max_step"]
     assert [s["seed"] for s in seeds] == [0, 1] and 0.0 <= seeds[0]["win_rate"]["win_rate"] <= 1.0
     report = (run_dir / "report.md").read_text()
     assert "claims hold in every seed" in report and "prop1_scatter.png" in report
+    assert "Conditions of the paper's argument" in report and "verdict, large steps" in report
     with pytest.raises(FileExistsError):
         run_validation(ValidateConfig(preset="test", seeds=(0,), out_dir=str(run_dir)))
 
