@@ -144,6 +144,13 @@ class TrainConfig(_ModelData):
     eps: float | None = _f(None, "eps: label-noise rate of cdpo / robust (default 0.1)")
     gamma: float | None = _f(None, "gamma: SimPO's target margin (default 0.5)")
     alpha: float | None = _f(None, "alpha: RPO's NLL weight (default 1.0)")
+    lora_r: int = _f(0, "LoRA adapter rank (needs the peft extra); 0: train every parameter. Only the adapters "
+                        "train; the reference is the base with adapters disabled (TRL's convention); the run saves "
+                        "adapter/ and model/ (merged)")
+    lora_alpha: float = _f(16.0, "LoRA scaling numerator (update = alpha / r * B A)")
+    lora_dropout: float = _f(0.0, "dropout on the LoRA adapter inputs")
+    lora_target_modules: str = _f("all-linear", "modules that get adapters: all-linear or comma-separated names "
+                                                "(e.g. q_proj,v_proj; c_attn for GPT-2)")
     squeeze_alarm: Literal["off", "warn", "stop", "checkpoint"] = _f(
         "off", "squeeze alarm over the probe curves (llm/alarm.py: y+ falling while the teacher-forced argmax or the "
         "peakiness rises, y- in a valley): off, warn (a warning with the evidence and a squeeze/* metrics row), stop "
@@ -176,6 +183,9 @@ class TrainConfig(_ModelData):
                              f"{self.lr}, {self.max_grad_norm}, {self.warmup_steps}, {self.checkpoint_every}")
         if self.max_examples is not None and self.max_examples < 1:
             raise ValueError(f"max_examples must be >= 1, got {self.max_examples}")
+        if self.lora_r < 0 or not 0 <= self.lora_dropout < 1 or self.lora_alpha <= 0:
+            raise ValueError(f"need lora_r >= 0, 0 <= lora_dropout < 1, lora_alpha > 0; got {self.lora_r}, "
+                             f"{self.lora_dropout}, {self.lora_alpha}")
         if self.resume and not self.out_dir:
             raise ValueError("--resume needs --out-dir (the run to continue)")
         if self.stop_after_steps is not None and self.stop_after_steps < 1:

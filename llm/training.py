@@ -34,6 +34,7 @@ from llm.parallel import SINGLE_PROCESS, World
 from llm.encoding import encode_record, truncation_report
 from llm.hooks import RunContext, StepContext, call_hooks, hooks_from_config, snapshot
 from llm.inputs import build_inputs, check_device, check_pairs_differ
+from llm.lora import AdapterFreeReference, adapters_disabled, apply_lora, is_peft_model
 from llm.objective import (NonFiniteLossError, Objective, batch_loss, make_pair_batch, precompute_reference_logps,
                            resolve_prompt_sharing, trl_metrics)
 from llm.optim import build_optimizer, warmup_schedule
@@ -183,6 +184,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     if not world.is_main:  # the other ranks load the tokenizer the main process trained and saved
         inputs, objective, chosen, rejected, evaluator = prepare(run_dir / "tokenizer")
     model, tok = inputs.model, inputs.tokenizer
+    if cfg.lora_r and not is_peft_model(model):  # only the adapters train; B = 0 so step 0 is the base model
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                           target_modules=cfg.lora_target_modules)
     device = next(model.parameters()).device
     share = resolve_prompt_sharing(model, chosen, rejected, tok.pad_token_id, cfg.share_prompts)
 
@@ -194,12 +198,15 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
             ref_path = run_dir / "reference_logps.pt"
             if reuse and ref_path.exists():
                 ref_c, ref_r = load_tensors(ref_path, map_location="cpu").values()
-            else:  # the reference is the policy before any step, scored once for the whole dataset
-                ref_c, ref_r = precompute_reference_logps(model, chosen, rejected, tok.pad_token_id,
-                                                          batch_size=cfg.probe_batch_size, bf16=cfg.bf16,
-                                                          share_prompts=share)
+            else:  # the reference is the policy before any step (a LoRA run's base), scored once for the dataset
+                with adapters_disabled(model):
+                    ref_c, ref_r = precompute_reference_logps(model, chosen, rejected, tok.pad_token_id,
+                                                              batch_size=cfg.probe_batch_size, bf16=cfg.bf16,
+                                                              share_prompts=share)
                 if world.is_main:
                     save_tensors({"chosen": ref_c, "rejected": ref_r}, ref_path)
+        elif objective.needs_reference and is_peft_model(model):  # TRL's convention: the base, adapters off
+            ref_model = AdapterFreeReference(model)
         elif objective.needs_reference:
             ref_model = copy.deepcopy(model).eval().requires_grad_(False)
             ref_path = run_dir / "reference_model.pt"
@@ -345,9 +352,12 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
         save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
                         examples_seen=seen, metrics_path=metrics_path,
                         extra={"final_probes": final_probes, "probe_mode": evaluator.active_mode or probe_mode})
+    if cfg.save_model and is_peft_model(model):  # adapter/ (PEFT format) and model/: the adapters merged in
+        with atomic_path(run_dir / "adapter") as tmp:
+            model.save_pretrained(str(tmp))
     if cfg.save_model:
         with atomic_path(run_dir / "model") as tmp:
-            model.save_pretrained(str(tmp))
+            (copy.deepcopy(model).merge_and_unload() if is_peft_model(model) else model).save_pretrained(str(tmp))
             shutil.copytree(run_dir / "tokenizer", tmp, dirs_exist_ok=True)  # the run's tokenizer, as saved
     total = timing["train_seconds"] + timing["probe_seconds"]
     summary.update(status="completed", step=step, examples_seen=seen, epochs_completed=seen / len(chosen), **timing,

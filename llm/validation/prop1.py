@@ -26,6 +26,7 @@ from torch.func import jvp
 
 from llm.encoding import EncodedBatch, TruncationPolicy, collate, encode_sequence
 from llm.linearize import batch_chunks, full_precision, summed_logps
+from llm.lora import trainable_parameters
 from toykit.decomposition import loglog_slope
 from toykit.losses import compute_loss, get_loss
 from toykit.runs import write_json
@@ -49,6 +50,9 @@ class Prop1Config:
     beta: float = field(default=0.1, metadata={"help": "beta of preference losses (ignored by sft)"})
     dtype: str = field(default="float64", metadata={"help": "dtype of the model copy the check runs in"})
     chunk_size: int = field(default=256, metadata={"help": "observed sequences per forward / JVP chunk"})
+    trainable_only: bool = field(default=True, metadata={
+        "help": "differentiate only the parameters that train (requires_grad): the kernel a LoRA run has; with "
+                "every parameter trainable this is the full computation"})
 
     def __post_init__(self) -> None:
         get_loss(self.loss)
@@ -192,7 +196,8 @@ def run_prop1(model: torch.nn.Module, tokenizer, pairs: Sequence[dict[str, str]]
     spec = get_loss(cfg.loss)
     work = copy.deepcopy(model).to(getattr(torch, cfg.dtype)).eval()
     with full_precision(work):  # float64 all the way through, or the remainder hits a float32 floor
-        params = {n: p.detach().clone() for n, p in work.named_parameters()}
+        params = (trainable_parameters(work) if cfg.trainable_only else
+                  {n: p.detach().clone() for n, p in work.named_parameters()})
         device = next(work.parameters()).device
         observed, kinds = observed_batch(tokenizer, probes, probe_types, policy)
         observed = observed.to(device)
