@@ -13,15 +13,13 @@ import re
 from dataclasses import field
 from typing import Literal
 
-from llm.objective import EXTEND, Objective
-from toykit.losses import check_hparams
 from toykit.runs import check_run_name
 
 __all__ = ["TrainConfig", "EvalConfig", "RESUME_FREE_FIELDS"]
 
 #: fields that may differ between a run and its resumption (they do not change what is computed).
 RESUME_FREE_FIELDS = ("resume", "stop_after_steps", "progress", "device", "probe_mode", "share_prompts",
-                      "squeeze_alarm")
+                      "squeeze_alarm", "figure")
 
 
 #: every size has a bound, so a typo cannot start a run that would not end (or exhaust memory).
@@ -58,7 +56,7 @@ class _ModelData:
     data_split: str = _f("train", "split of a hub dataset or of a datasets directory holding several splits")
     data_columns: str = _f("", "rename data columns to TRL's names, e.g. prompt=question,chosen=good,rejected=bad")
     num_synthetic: int = _f(48, "number of synthetic pairs when --data is empty")
-    max_pairs: int | None = _f(None, "use only the first pairs of the data file")
+    max_pairs: int | None = _f(None, "use only the first pairs of the data file (default: all)")
     held_out: int = _f(8, "last pairs of the data withheld from training: their y+ are the held-out probe answers "
                        "(y_test, y_rnd)")
     probes: str = _f("", "probe file in the paper's format (../shared/data/NOTICE.md); empty: probes derived from "
@@ -83,7 +81,7 @@ class _ModelData:
     seed: int = _f(0, "seed of data order, derived probes and tiny-model weights")
     out_dir: str | None = _f(None, "run directory (must not hold a run unless --resume); default runs/<time>-<phase>")
     runs_root: str = _f("runs", "parent of default run directories")
-    progress: bool = _f(True, "show a progress bar")
+    progress: bool = _f(True, "print progress (phase, step, ETA) to stderr; false: quiet")
 
     def _check_common(self) -> None:
         if not re.fullmatch(r"auto|cpu|mps|cuda(:[0-9]+)?", str(self.device)):
@@ -126,8 +124,10 @@ class TrainConfig(_ModelData):
     batch_size: int = _f(4, "pairs per forward pass")
     grad_accum: int = _f(1, "forward passes accumulated per optimizer step (effective batch = batch_size x this)")
     epochs: int = _f(1, "passes over the training pairs (honoured, unlike the paper's code)")
-    max_examples: int | None = _f(None, "stop once this many training examples were seen (before the epochs end)")
-    eval_every: int = _f(1000, "evaluate the probes every this many training examples (plus at step 0 and the end)")
+    max_examples: int | None = _f(None, "stop once this many training examples were seen, before the epochs end "
+                                      "(default: no limit)")
+    eval_every: int | None = _f(None, "evaluate the probes every this many training examples, plus at step 0 and "
+                                "the end (the paper: 1000; default: about 10 evaluations per run)")
     eval_at_end: bool = _f(True, "also evaluate the probes after the last step when it is not on the --eval-every "
                                  "cadence (the paper's code does not: it evaluates at 0, E, 2E, ... before a batch)")
     checkpoint_every: int = _f(0, "save a resumable checkpoint every this many steps (0: only at the end)")
@@ -159,22 +159,26 @@ class TrainConfig(_ModelData):
                                       "the squeeze alarm")
     squeeze_min_rise: float = _f(0.5, "nats (summed) the teacher-forced argmax must rise since y+'s peak for the "
                                       "squeeze alarm (or the peakiness of y+ by 0.02)")
+    figure: bool = _f(True, "write probe_curves.png (mean probe log-probs over training) at the end of the run")
     save_model: bool = _f(True, "save the final model and tokenizer (save_pretrained) in the run directory")
     resume: bool = _f(False, "continue the run in --out-dir from its last checkpoint")
     stop_after_steps: int | None = _f(None, "stop (as if killed) after this many steps, without a final checkpoint; "
-                                      "for resume tests")
+                                      "for resume tests (default: never)")
     explain_prompts: int = _f(0, "> 0: attribute every probe's per-step change of the first this many probe "
                               "prompts to the loss's terms along the real optimizer update (llm.explain; saved "
                               "under explain/; read with `python -m llm explain RUN_DIR`)")
 
     def __post_init__(self) -> None:
         self._check_common()
+        from llm.objective import EXTEND, Objective  # torch: imported once a config is built, not for --help
+        from toykit.losses import check_hparams
+
         if self.loss not in Objective.known():
             raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(Objective.known())}")
         if self.explain_prompts < 0:
             raise ValueError(f"explain_prompts must be >= 0, got {self.explain_prompts}")
         for name in ("batch_size", "grad_accum", "epochs", "eval_every"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (math.isfinite(self.lr) and math.isfinite(self.max_grad_norm)):
             raise ValueError(f"lr and max_grad_norm must be finite numbers, got {self.lr}, {self.max_grad_norm}")

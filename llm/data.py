@@ -8,6 +8,7 @@ paper's symbol (PAPER.md section 6).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -36,6 +37,8 @@ PROBE_TYPES: dict[str, tuple[str, str]] = {
     "random_permute": ("y_urnd", "words of y+ shuffled"),
     "random_nonhum": ("y_rnd", "words of y_test shuffled"),
 }
+#: keys of the paper's probe files that are read but not tracked as probe types (as in the paper), and the prompt.
+_UNTRACKED_KEYS = {"prompt", "chosen_selfr"}
 #: probe types that can be built from pairs alone (irr_test / random_nonhum need held-out pairs).
 DERIVED_PROBE_TYPES = ("irr_train", "irr_test", "random_permute", "random_nonhum")
 
@@ -199,14 +202,16 @@ def load_pairs(path: str | Path, fmt: Literal["auto", "trl", "hh", "messages"] =
     return pairs_from_records(read_jsonl(path), str(path), fmt, leading_space)
 
 
-def derive_probes(chosen: Sequence[str], held_out: Sequence[str] | None, seed: int) -> dict[str, tuple[str, ...]]:
+def derive_probes(chosen: Sequence[str], held_out: Sequence[str] | None, seed: int,
+                  types: Sequence[str] = DERIVED_PROBE_TYPES) -> dict[str, tuple[str, ...]]:
     """Build the derived probe types from the chosen responses alone, seeded.
 
     Returns irr_train (y+ of another prompt, never the prompt's own), random_permute (y+ words shuffled) and, when
-    ``held_out`` chosen responses are given, irr_test (a held-out answer) and random_nonhum (irr_test shuffled).
+    ``held_out`` chosen responses are given, irr_test (a held-out answer) and random_nonhum (irr_test shuffled);
+    only those in ``types`` (the random draws are the same whichever are kept).
     """
     n = len(chosen)
-    if n < 2:
+    if n < 2 and "irr_train" in types:
         raise ValueError(f"deriving irr_train needs at least 2 prompts, got {n}")
     rng = np.random.default_rng(seed)
     cycle = rng.permutation(n)
@@ -219,18 +224,28 @@ def derive_probes(chosen: Sequence[str], held_out: Sequence[str] | None, seed: i
         irr_test = tuple(held_out[i] for i in picks)
         out["irr_test"] = irr_test
         out["random_nonhum"] = tuple(shuffle_words(t, rng) for t in irr_test)
-    return out
+    return {k: v for k, v in out.items() if k in types}
 
 
 def probe_set_from_records(records: Sequence[tuple[int, dict[str, Any]]], source: str = "records", *,
                            held_out: Sequence[str] | None = None, seed: int = 0, derive_missing: bool = True,
                            leading_space: bool = False) -> ProbeSet:
-    """Build a ProbeSet from records in the paper's probe format (or TRL pairs, whose missing types are derived)."""
-    first_keys = [k for k in PROBE_TYPES if k in records[0][1]]
+    """Build a ProbeSet from records in the paper's probe format (or TRL pairs, whose missing types are derived).
+
+    The probe types are those any record has; a record lacking one of them is refused (naming its line), and keys
+    that are no probe type (a misspelt ``reject``) are reported with a warning rather than dropped silently.
+    """
+    present = {k for _, rec in records for k in rec}
+    first_keys = [k for k in PROBE_TYPES if k in present]
+    unknown = sorted(present - set(PROBE_TYPES) - _UNTRACKED_KEYS)
+    if unknown:
+        warnings.warn(f"{source}: key(s) {unknown} are no probe type and are ignored; probe types: "
+                      f"{list(PROBE_TYPES)}", stacklevel=2)
     for lineno, rec in records:
         missing = [k for k in dict.fromkeys(["prompt", "chosen", *first_keys]) if k not in rec]
         if missing:
-            raise ValueError(f"{source}:{lineno}: missing key(s) {missing}; found keys {sorted(rec)}")
+            raise ValueError(f"{source}:{lineno}: missing key(s) {missing}; found keys {sorted(rec)} (every "
+                             f"record needs the probe types any record has)")
         bad = [k for k in ["prompt", *first_keys] if not isinstance(rec[k], str)]
         if bad:
             raise ValueError(f"{source}:{lineno}: key(s) {bad} must hold strings")
@@ -240,9 +255,10 @@ def probe_set_from_records(records: Sequence[tuple[int, dict[str, Any]]], source
     fix = normalize_leading_space if leading_space else (lambda t: t)
     responses = {k: tuple(fix(rec[k]) if rec[k].strip() else None for _, rec in records) for k in first_keys}
     derived: tuple[str, ...] = ()
-    if derive_missing:
-        extra = derive_probes([r for r in responses["chosen"]], held_out, seed)
-        extra = {k: tuple(fix(t) for t in v) for k, v in extra.items() if k not in responses}
+    missing = [k for k in DERIVED_PROBE_TYPES if k not in responses]
+    if derive_missing and missing:
+        extra = derive_probes([r for r in responses["chosen"]], held_out, seed, types=missing)
+        extra = {k: tuple(fix(t) for t in v) for k, v in extra.items()}
         responses.update(extra)
         derived = tuple(extra)
     ordered = {k: responses[k] for k in PROBE_TYPES if k in responses}

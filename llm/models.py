@@ -1,7 +1,9 @@
 """Causal language models: load any Hugging Face causal LM, or build a tiny one from a config for tests and demos.
 
-Tiny models have every dropout set to zero, so training is deterministic and a reference forward pass equals the
-policy's own at step 0 (the DPO log-ratio is exactly 0 there, unlike the paper's fp16 reference; PAPER.md section 7).
+Tiny models have every dropout set to zero, so training is deterministic and the reference equals the policy at
+step 0: the DPO log-ratio is 0 there up to float32 rounding (a few ULPs, as the precomputed reference is scored in
+other batches; ``llm.objective.trl_metrics`` does not count that noise as reward accuracy), unlike the paper's fp16
+reference model.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import re
 import torch
 from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, PretrainedConfig,
                           PreTrainedModel, Qwen2Config)
+
+from llm.tokenization import run_dir_hint
 
 __all__ = ["TINY_ARCHS", "tiny_config", "tiny_model", "load_model", "resolve_dtype", "resolve_device"]
 
@@ -96,6 +100,9 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32", devic
         device: "cpu", "cuda", "cuda:1" or "auto".
         attn_implementation: e.g. "eager" for torch.func work, "sdpa" for speed; None keeps the model's default.
     """
+    hint = run_dir_hint(name_or_path)
+    if hint:
+        raise ValueError(f"cannot load a causal LM from {name_or_path!r}{hint}")
     kwargs = {"dtype": resolve_dtype(dtype)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation

@@ -234,15 +234,28 @@ def precompute_reference_logps(model, chosen: Sequence[EncodedSequence], rejecte
     return out[0], out[1]
 
 
+#: relative float32 rounding allowed in a reward margin before rewards/accuracies counts it (see trl_metrics).
+MARGIN_TOLERANCE = 1e-5
+
+
 def trl_metrics(losses: torch.Tensor, parts: dict[str, torch.Tensor | None], beta: float) -> dict[str, float]:
-    """Batch means under TRL's names: loss, logps/*, and rewards/* = beta (log pi - log pi_ref) when a reference exists."""
+    """Batch means under TRL's names: loss, logps/*, and rewards/* = beta (log pi - log pi_ref) when a reference exists.
+
+    rewards/accuracies is the share of pairs whose margin beta [(log pi - log pi_ref)(y+) - (log pi - log pi_ref)(y-)]
+    exceeds a float32 rounding tolerance, beta * MARGIN_TOLERANCE * (|log pi(y+)| + |log pi(y-)|) (summed log-probs).
+    The precomputed reference scores each sequence in other batches (other padding, other reduction order) than
+    the policy's training forward, so while policy = reference (the first step) the log-ratios are 0 only up to a
+    few ULPs; the tolerance makes that step read accuracy 0 instead of counting rounding noise as wins.
+    """
     out = {"loss": float(losses.mean()), "logps/chosen": float(parts["logps_chosen"].mean())}
     if parts["logps_rejected"] is not None:
         out["logps/rejected"] = float(parts["logps_rejected"].mean())
     if parts["ref_chosen"] is not None and parts["ref_rejected"] is not None:
-        chosen = beta * (parts["logps_chosen"].detach().float() - parts["ref_chosen"].float())
-        rejected = beta * (parts["logps_rejected"].detach().float() - parts["ref_rejected"].float())
+        lp_c, lp_r = parts["logps_chosen"].detach().float(), parts["logps_rejected"].detach().float()
+        chosen = beta * (lp_c - parts["ref_chosen"].float())
+        rejected = beta * (lp_r - parts["ref_rejected"].float())
+        tolerance = abs(beta) * MARGIN_TOLERANCE * (lp_c.abs() + lp_r.abs())
         out.update({"rewards/chosen": float(chosen.mean()), "rewards/rejected": float(rejected.mean()),
                     "rewards/margins": float((chosen - rejected).mean()),
-                    "rewards/accuracies": float((chosen > rejected).float().mean())})
+                    "rewards/accuracies": float((chosen - rejected > tolerance).float().mean())})
     return out

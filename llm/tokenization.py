@@ -7,6 +7,7 @@ first-token artefact described in PAPER.md section 7; a word-level tokenizer is 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -85,8 +86,19 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBa
     return tokenizer
 
 
+def run_dir_hint(name_or_path: str) -> str:
+    """" (did you mean RUN/model?)" when ``name_or_path`` is a run directory holding a saved model, else ""."""
+    path = Path(name_or_path)
+    if (path / "model").is_dir() and not (path / "tokenizer_config.json").exists():
+        return f"; {path} is a run directory: did you mean {path / 'model'}?"
+    return ""
+
+
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local directory (or a hub id) and check its pad/eos tokens."""
+    hint = run_dir_hint(name_or_path)
+    if hint:
+        raise ValueError(f"cannot load a tokenizer from {name_or_path!r}{hint}")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
     except (OSError, ValueError) as err:

@@ -84,6 +84,8 @@ class _Plan:
                     total = s + 1
                     break
         self.total_steps = total
+        #: examples between probe evaluations: the config's, or about 10 evaluations over the run
+        self.eval_every = cfg.eval_every or max(1, math.ceil(self.examples_after(total) / 10))
 
     def indices(self, step: int) -> list[int]:
         epoch, k = divmod(step, self.per_epoch)
@@ -235,6 +237,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     phase, writer = cfg.phase_name, MetricsWriter(metrics_path if world.is_main else os.devnull)
     summary = {"status": "running", "phase": phase, "loss": cfg.loss, "objective_hparams": objective.hparams,
                "num_train_pairs": len(chosen), "num_held_out": len(inputs.held_out), "total_steps": plan.total_steps,
+               "eval_every": plan.eval_every,
                "reference": cfg.reference if objective.needs_reference else None, "share_prompts": share,
                "truncation_train": truncation_report(chosen + (rejected or []), inputs.policy),
                "truncation_probes": evaluator.truncation, "probe_set": inputs.probes.describe()}
@@ -312,7 +315,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
             timing["train_seconds"] += time.perf_counter() - t0
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4f}", ex_per_s=f"{len(idx) / (time.perf_counter() - t0):.1f}")
-            on_cadence = seen // cfg.eval_every > (seen - len(idx)) // cfg.eval_every
+            on_cadence = seen // plan.eval_every > (seen - len(idx)) // plan.eval_every
             if (on_cadence and step < plan.total_steps) or (step == plan.total_steps and cfg.eval_at_end):
                 last = probe_now()
             if step == plan.total_steps:
@@ -364,6 +367,10 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
                    probe_mode=evaluator.active_mode or probe_mode,
                    probe_share=timing["probe_seconds"] / total if total else None, final_probes=final_probes)
     write_json(run_dir / "summary.json", summary)
+    if cfg.figure:
+        from llm.figures import save_run_figure  # matplotlib only when a figure is asked for
+
+        save_run_figure(run_dir)
     return TrainResult(run_dir, model, tok, "completed", step, seen, last, summary)
 
 

@@ -16,22 +16,34 @@ Notation (paper symbol -> code name, shape, meaning); N batch, V vocabulary/clas
 | c = eta ||x||^2 | ``c`` | scalar | step size of the linear-softmax squeeze |
 """
 
-from toykit.decomposition import (Decomposition, EtaSweep, decompose, diagonal_preconditioner, eta_sweep,
-                                  loglog_slope)
-from toykit.group_losses import (GROUP_LOSSES, GroupLossSpec, GroupResidual, compute_group_loss,
-                                 compute_group_weights, get_group_loss, group_advantages, group_loss_names,
-                                 group_residual, rloo_advantages)
-from toykit.losses import LOSSES, LossSpec, compute_loss, compute_loss_grad, get_loss, loss_names
-from toykit.models import MLP, LinearSoftmax, SmallConvNet
-from toykit.ntk import check_preconditioner, empirical_ntk, linear_softmax_ntk, ntk_matrix, trainable_params
-from toykit.residuals import Residual, residual, sequence_residual
-from toykit.softmax import check_distribution, log_softmax, log_softmax_jacobian, softmax
-from toykit.squeeze import (PositiveContrast, SqueezeClaims, peaky_distribution, positive_contrast, positive_step,
-                            random_distribution, rise_threshold, rose, squeeze_claims, squeeze_logits_step,
-                            squeeze_step, temper, ystar_conditional_log_gain)
+import importlib
 
-# The sympy derivations live in ``toykit.symbolic`` (imported on demand: sympy is slow to load):
-# Derivation, log_softmax_jacobian_sympy, residual_sympy, squeeze_update_sympy.
+# Names are imported on first use (PEP 562), so ``import toykit.configs`` (every command line's parser) does not
+# load torch; ``from toykit import softmax`` works as before. The sympy derivations live in ``toykit.symbolic``
+# (imported on demand: sympy is slow to load): Derivation, log_softmax_jacobian_sympy, residual_sympy,
+# squeeze_update_sympy.
+_EXPORTS = {
+    "decomposition": ("Decomposition", "EtaSweep", "decompose", "diagonal_preconditioner", "eta_sweep",
+                      "loglog_slope"),
+    "group_losses": ("GROUP_LOSSES", "GroupLossSpec", "GroupResidual", "compute_group_loss", "compute_group_weights",
+                     "get_group_loss", "group_advantages", "group_loss_names", "group_residual", "rloo_advantages"),
+    "losses": ("LOSSES", "LossSpec", "compute_loss", "compute_loss_grad", "get_loss", "loss_names"),
+    "models": ("MLP", "LinearSoftmax", "SmallConvNet"),
+    "ntk": ("check_preconditioner", "empirical_ntk", "linear_softmax_ntk", "ntk_matrix", "trainable_params"),
+    "residuals": ("Residual", "residual", "sequence_residual"),
+    "softmax": ("check_distribution", "log_softmax", "log_softmax_jacobian", "softmax"),
+    "squeeze": ("PositiveContrast", "SqueezeClaims", "peaky_distribution", "positive_contrast", "positive_step",
+                "random_distribution", "rise_threshold", "rose", "squeeze_claims", "squeeze_logits_step",
+                "squeeze_step", "temper", "ystar_conditional_log_gain"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'toykit' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"toykit.{_WHERE[name]}"), name)
+
 
 __all__ = [
     # softmax and A

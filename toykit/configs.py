@@ -143,7 +143,7 @@ def _help(f: dataclasses.Field) -> str:
         default = f.default_factory()  # type: ignore[misc]
     else:
         return text
-    if dataclasses.is_dataclass(default):
+    if dataclasses.is_dataclass(default) or "default" in text:  # the help text states its own default
         return text
     if isinstance(default, tuple):
         default = ",".join(map(str, default))
@@ -158,10 +158,13 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if not f.init or dataclasses.is_dataclass(hints[f.name]):
             continue
         flag = "--" + f.name.replace("_", "-")
-        choices = None
+        choices, metavar = None, f.name.upper()
         if typing.get_origin(hints[f.name]) is typing.Literal:
             choices = [str(a) for a in typing.get_args(hints[f.name])]
-        parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), choices=choices, help=_help(f))
+            metavar = "{" + ",".join(choices) + "}"  # the choices show in the usage line and the option list
+        elif hints[f.name] is bool:
+            metavar = "{true,false}"
+        parser.add_argument(flag, dest=f.name, default=None, metavar=metavar, choices=choices, help=_help(f))
 
 
 def config_from_namespace(cls: type[C], ns: argparse.Namespace) -> C:

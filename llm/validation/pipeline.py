@@ -17,9 +17,9 @@ import copy
 import dataclasses
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ import torch
 from llm.config import TrainConfig
 from llm.data import PreferencePair, ProbeSet, load_pairs, load_probe_set, probe_set_from_pairs
 from llm.encoding import EncodedSequence
+from llm.validation.config import ValidateConfig
 from llm.validation.judge import Judge
 from llm.logps import greedy_decode
 from llm.models import load_model, resolve_device, tiny_model
@@ -39,6 +40,7 @@ from llm.training import train
 from llm.validation.conditions import argmax_positions, argmax_split, bigram_overlap, ches_similarity, one_step_change
 from llm.validation.world import PROBE_KEYS, World, WorldConfig, build_world, save_world, world_tokenizer
 from toykit.configs import config_to_dict
+from toykit.progress import LineReporter
 from toykit.runs import MetricsWriter, create_run_dir, write_json
 
 __all__ = ["Preset", "PRESETS", "ValidateConfig", "pretrain", "sample_responses", "greedy_responses",
@@ -99,43 +101,6 @@ PRESETS: dict[str, Preset] = {
                   pretrain_batch=64, sft_lr=2e-5, sft_warmup=50, dpo_lr=5e-6, dpo_warmup=150, large_dpo_lr=1e-4,
                   batch_size=16, prop1_probes=32, probe_batch_size=128, bf16=True),
 }
-
-
-@dataclass(frozen=True)
-class ValidateConfig:
-    """Validate the paper's claims end to end (pretrain -> SFT / extend -> DPO / on-policy DPO) over seeds."""
-
-    preset: Literal["test", "cpu", "gpu"] = field(default="cpu", metadata={
-        "help": "sizes: test (seconds), cpu (< 10 min on 2 cores), gpu (~50M parameters, bf16)"})
-    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds (world, init, data order); >= 1"})
-    model: str = field(default="", metadata={
-        "help": "a pretrained causal LM directory: skip the world and pretraining, finetune it on --data"})
-    data: str = field(default="", metadata={"help": "preference pairs JSONL (with --model)"})
-    probes: str = field(default="", metadata={"help": "probe file in the paper's format (with --model); "
-                                                      "default: probes derived from the pairs"})
-    held_out: int = field(default=64, metadata={"help": "last pairs of --data held out (y_test probes)"})
-    num_probes: int = field(default=64, metadata={"help": "probe prompts with --model"})
-    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
-    out_dir: str | None = field(default=None, metadata={"help": "run directory; default runs/<time>-validate"})
-    runs_root: str = field(default="runs", metadata={"help": "parent of the default run directory"})
-    progress: bool = field(default=False, metadata={"help": "progress bars of the training phases"})
-    threads: int = field(default=1, metadata={
-        "help": "torch CPU threads during the run (tiny models are fastest on one; 0 keeps torch's setting)"})
-    time_budget_s: float = field(default=0.0, metadata={
-        "help": "stop before a seed that would not finish within this many seconds (judged from the seeds done); "
-                "the report covers the seeds that finished; 0 = no limit"})
-
-    def __post_init__(self) -> None:
-        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
-            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
-        if bool(self.model) != bool(self.data):
-            raise ValueError(f"--model and --data go together; got model={self.model!r}, data={self.data!r}")
-        if self.time_budget_s < 0:
-            raise ValueError(f"time_budget_s must be >= 0 (0 = no limit), got {self.time_budget_s}")
-        if self.threads < 0:
-            raise ValueError(f"threads must be >= 0, got {self.threads}")
-        if self.held_out < 1 or self.num_probes < 2:
-            raise ValueError(f"held_out must be >= 1 and num_probes >= 2, got {self.held_out}, {self.num_probes}")
 
 
 def pretrain(model, tokenizer, texts: Sequence[str], *, epochs: int, lr: float, batch_size: int, seed: int,
@@ -409,6 +374,7 @@ def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
     seeds, prop1_results = [], []
     doc: dict[str, Any] = {}
     threads = torch.get_num_threads()
+    reporter = LineReporter("validate", interval=0.0) if cfg.progress else None
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
@@ -417,6 +383,8 @@ def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
             if cfg.time_budget_s and k and elapsed + elapsed / k > cfg.time_budget_s:
                 print(f"time budget: stopping after {k} seed(s) ({elapsed:.0f} s of {cfg.time_budget_s:.0f} s)")
                 break
+            if reporter:
+                reporter(f"seeds (seed {seed} next: pretrain, SFT, extend, DPO phases, Prop. 1)", k, len(cfg.seeds))
             result, p1 = run_seed(cfg, preset, seed, run_dir / f"seed_{seed}")
             seeds.append(result)
             prop1_results.append(p1)

@@ -14,7 +14,7 @@ _SMALL = [*_DATA, "--max-examples", "4", "--progress", "false", "--save-model", 
 
 def test_help_explains_every_option(capsys):
     with pytest.raises(SystemExit) as exc:
-        build_parser().parse_args(["train", "--help"])
+        build_parser("train").parse_args(["train", "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--loss", "--reference", "--grad-accum", "--eval-every", "--resume", "--beta", "--prompt-overflow"):
@@ -59,3 +59,86 @@ def test_bad_data_file_is_reported(tmp_path, capsys):
     bad.write_text('{"prompt": "p", "chosen": " a", "rejected": " b"}\n{"prompt": \n')
     assert main(["sft", *_SMALL, "--data", str(bad), "--out-dir", str(tmp_path / "r")]) == 2
     assert "pairs.jsonl:2: invalid JSON" in capsys.readouterr().err
+
+
+def _help_of(command):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+
+
+def test_help_lists_choices_and_states_each_default_once(capsys):
+    _help_of("train")
+    text = " ".join(capsys.readouterr().out.split())
+    for choices in ("{error,left_truncate}", "{precomputed,per_step}", "{auto,trl,hh,messages}", "{true,false}"):
+        assert choices in text
+    assert "(default: None)" not in text and "(default: the loss's, 0.1) (default" not in text
+    assert text.count("(default: 0.1)") == 0 and "(default: error)" in text
+
+
+def test_dpo_help_names_dpo_as_its_loss(capsys):
+    _help_of("dpo")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default: dpo)" in text and "(default: sft)" not in text
+    _help_of("sft")
+    assert "sft or extend (default: sft)" in " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize("command", ["sft", "dpo", "train", "eval", "validate", None])
+def test_help_imports_neither_torch_nor_transformers(command):
+    import subprocess
+    import sys
+
+    argv = [command, "--help"] if command else ["--help"]
+    code = (f"import sys\nfrom llm.cli import main\ntry:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_train_takes_its_loss_from_a_config_file(tmp_path):
+    (tmp_path / "cfg.json").write_text(json.dumps({"loss": "ipo"}))
+    assert main(["train", "--config", str(tmp_path / "cfg.json"), *_SMALL, "--out-dir", str(tmp_path / "r")]) == 0
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["loss"] == "ipo"
+
+
+def test_eval_prints_the_statistics_table(tmp_path, capsys):
+    assert main(["eval", *_DATA, "--out-dir", str(tmp_path / "ev"), "--progress", "false"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("probe"))
+    assert header.split()[:3] == ["probe", "logp_sum", "logp_mean"] and header.split()[-1] == "examples"
+    chosen = next(line.split() for line in lines if line.startswith("chosen "))
+    assert float(chosen[1]) < 0 and int(chosen[-1]) == 3
+
+
+def test_sft_at_default_schedule_evaluates_about_ten_times_and_writes_a_figure(tmp_path):
+    assert main(["sft", *_DATA, "--num-synthetic", "24", "--progress", "false", "--save-model", "false",
+                 "--out-dir", str(tmp_path / "s")]) == 0
+    rows = read_metrics(tmp_path / "s" / "metrics.jsonl")
+    evals = sorted({r["step"] for r in rows if r.get("probe") == "chosen" and r.get("statistic") == "logp_sum"})
+    assert len(evals) == len(set(evals)) and 5 <= len(evals) <= 12 and evals[0] == 0
+    assert (tmp_path / "s" / "probe_curves.png").stat().st_size > 10_000
+
+
+def test_first_dpo_step_has_zero_reward_accuracy(tmp_path):
+    assert main(["dpo", *_SMALL, "--out-dir", str(tmp_path / "d")]) == 0
+    first = next(r for r in read_metrics(tmp_path / "d" / "metrics.jsonl") if r["step"] == 1 and "loss" in r)
+    assert abs(first["rewards/margins"]) < 1e-3 and first["rewards/accuracies"] == 0.0
+
+
+def test_a_run_folder_as_model_suggests_its_model_subfolder(tmp_path, capsys):
+    (tmp_path / "run" / "model").mkdir(parents=True)
+    (tmp_path / "run" / "config.json").write_text("{}")
+    assert main(["eval", *_DATA, "--model", str(tmp_path / "run"), "--out-dir", str(tmp_path / "ev")]) == 2
+    assert f"did you mean {tmp_path / 'run' / 'model'}?" in capsys.readouterr().err
+
+
+def test_num_probes_one_on_a_full_probe_file(tmp_path, capsys):
+    from llm.data import PROBE_TYPES
+
+    record = {k: f" answer {k}" for k in PROBE_TYPES}
+    path = tmp_path / "probes.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"\n\nHuman: q{i}?\n\nAssistant:", **record}) + "\n"
+                            for i in range(3)))
+    assert main(["eval", *_DATA, "--probes", str(path), "--num-probes", "1", "--out-dir", str(tmp_path / "ev")]) == 0
+    assert "random_nonhum" in capsys.readouterr().out

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Sequence
+from typing import Any, Sequence
 
 from toykit.configs import HelpFormatter, add_config_arguments, config_from_namespace
 from toykit.experiments import get_experiment, registry, run_experiment
+from toykit.progress import LineReporter, reporting
 from toykit.runs import DEFAULT_RUNS_ROOT
 
 PROG = "python -m toykit.experiments"
@@ -56,14 +57,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="run directory to create (must not already hold a run)")
     parser.add_argument("--root", dest="_root", metavar="DIR", default=str(DEFAULT_RUNS_ROOT),
                         help="parent of the default run directory <time>-<name>")
+    parser.add_argument("--progress", dest="_progress", metavar="{true,false}", default="true",
+                        choices=["true", "false"], help="print progress lines (phase, step, ETA) to stderr")
     ns = parser.parse_args(rest)  # --help and unknown flags exit here
     try:
         cfg = config_from_namespace(module.Config, ns)
     except ValueError as err:
         parser.error(str(err))  # exits with status 2
     start = time.perf_counter()
+    reporter = LineReporter(name) if ns._progress == "true" else None
     try:
-        result, run_dir = run_experiment(name, cfg, out_dir=ns._out_dir, root=ns._root)
+        with reporting(reporter):
+            result, run_dir = run_experiment(name, cfg, out_dir=ns._out_dir, root=ns._root)
     except FileExistsError as err:
         parser.error(str(err))
     wall = time.perf_counter() - start
@@ -71,7 +76,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key, value in result.summary.items():
         if isinstance(value, (int, float, str, bool)):
             print(f"  {key}: {value}")
+    claims = claim_lines(result.summary)
+    if claims:
+        print("claims:")
+        print("\n".join(claims))
     return 0
+
+
+def claim_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per claim of a summary's ``claims`` (or ``claim_checks``) list: verdict, claim, measured values."""
+    claims = summary.get("claims", summary.get("claim_checks"))
+    if not isinstance(claims, list):
+        return []
+    lines = []
+    for c in claims:
+        if not isinstance(c, dict):
+            continue
+        held = c.get("held", c.get("holds"))
+        verdict = "holds" if held is True else ("FAILS" if held is False else "n/a")
+        measured = c.get("measured", "")
+        if isinstance(measured, dict):
+            measured = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in measured.items())
+        lines.append(f"  [{verdict}] {c.get('claim', '?')}: {measured}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from torch import Tensor
 
 from toykit.experiments._common import check_loss_names
 from toykit.losses import compute_loss, get_loss
+from toykit.progress import report
 
 __all__ = [
     "CONTEXTS", "MASS_GROUPS", "RECORDS", "Algorithm", "parse_algorithms", "zipf_logits", "Scenarios", "Trace",
@@ -323,6 +324,7 @@ def simulate(batch: Scenarios, steps: int, uniforms: Tensor, record_every: int =
     recorded_steps = [0]
     rows = [_measure(z, batch, groups)]
     for t in range(steps):
+        report(f"{batch.size} scenarios, training steps", t, steps)
         y_r = batch.y_rejected
         weight = (diverged_at < 0).to(torch.float64)  # (S,) a diverged scenario stays frozen
         if bool(on_policy.any()):
@@ -341,6 +343,7 @@ def simulate(batch: Scenarios, steps: int, uniforms: Tensor, record_every: int =
         if (t + 1) % record_every == 0 or t + 1 == steps:
             recorded_steps.append(t + 1)
             rows.append(_measure(z, batch, groups))
+    report(f"{batch.size} scenarios, training steps", steps, steps)
     records = {name: torch.stack([r[name] for r in rows]) for name in RECORDS}  # (R, S, 2) each
     return Trace(steps=torch.tensor(recorded_steps, dtype=torch.int64), records=records, diverged_at=diverged_at,
                  z_final=z)

@@ -32,6 +32,7 @@ from toykit.experiments._common import (check_at_least, check_choice, check_posi
 from toykit.losses import compute_loss
 from toykit.models import MLP, SmallConvNet
 from toykit.ntk import empirical_ntk
+from toykit.progress import report
 from toykit.residuals import residual
 from toykit.softmax import log_softmax, log_softmax_jacobian
 
@@ -214,7 +215,7 @@ def _class_map(delta: torch.Tensor, probe_labels: torch.Tensor) -> torch.Tensor:
 
 
 def _train_and_measure(model: torch.nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_probe: torch.Tensor,
-                       y_probe: torch.Tensor, order: np.ndarray, eta: float) -> dict[str, np.ndarray]:
+                       y_probe: torch.Tensor, order: np.ndarray, eta: float, phase: str = "") -> dict[str, np.ndarray]:
     """Run SGD one example per step, recording measured and -eta A K G predicted Delta log pi on the probes."""
     dtype = x_probe.dtype
     maps = {k: torch.zeros(NUM_CLASSES, NUM_CLASSES, dtype=dtype)
@@ -222,7 +223,8 @@ def _train_and_measure(model: torch.nn.Module, x_train: torch.Tensor, y_train: t
     step_pearson, losses = [], []
     probe_rows = torch.arange(len(y_probe))
     params = [p for p in model.parameters() if p.requires_grad]
-    for i in order:
+    for done, i in enumerate(order):
+        report(phase, done, len(order))
         x_u, y_u = x_train[i:i + 1], y_train[i:i + 1]  # (1, ...), (1,)
         with torch.no_grad():
             logp_o = log_softmax(model(x_probe))  # (N_o, V)
@@ -247,6 +249,7 @@ def _train_and_measure(model: torch.nn.Module, x_train: torch.Tensor, y_train: t
             maps[f"{kind}_true"][c_u] += _class_map(delta[probe_rows, y_probe], y_probe)
         step_pearson.append(pearson(predicted.detach().numpy(), measured.numpy()))
         losses.append(float(loss.detach()))
+    report(phase, len(order), len(order))
     with torch.no_grad():
         accuracy = float((model(x_probe).argmax(-1) == y_probe).to(dtype).mean())
     out = {k: v.detach().numpy() for k, v in maps.items()}
@@ -298,7 +301,8 @@ def run(cfg: Config) -> Result:
     for k, kind in enumerate(cfg.models):
         generator = torch.Generator().manual_seed(cfg.seed * 1000 + k)
         model = _build_model(kind, side, cfg, generator).to(dtype)
-        rec = _train_and_measure(model, x_train, y_train, x_probe, y_probe, order, cfg.eta)
+        rec = _train_and_measure(model, x_train, y_train, x_probe, y_probe, order, cfg.eta,
+                                 phase=f"{kind} ({k + 1} of {len(cfg.models)}): SGD steps with -eta A K G")
         influence[kind] = ModelInfluence(model=kind, **rec)
         most, least = coupled_pairs(rec["measured_pull"], cfg.top_pairs)
         summary[kind] = {

@@ -39,6 +39,7 @@ import torch
 from toykit.experiments._common import (check_at_least, check_fraction, check_loss_names, check_positive,
                                         new_figure, save_figure, write_metrics, write_summary)
 from toykit.losses import get_loss
+from toykit.progress import report
 from toykit.residuals import sequence_residual
 from toykit.softmax import log_softmax
 
@@ -370,6 +371,7 @@ def run(cfg: Config) -> Result:
 
     records, per_algo = {}, {}
     for k, name in enumerate(cfg.algorithms):
+        report(f"algorithm {name}", k, len(cfg.algorithms))
         algo_rng = np.random.default_rng([cfg.seed, k])  # each algorithm's samples independent of the list order
         rec = run_algorithm(ALGORITHMS[name], model, pair, judge, cfg, algo_rng)
         records[name] = rec
@@ -388,6 +390,7 @@ def run(cfg: Config) -> Result:
             "G_norm_shared": float(np.linalg.norm(rec.G_shared)),
             "G_norm_context": float(np.linalg.norm(rec.G_context)),
         }
+    report("algorithms", len(cfg.algorithms), len(cfg.algorithms))
     summary = {
         "num_responses": cfg.num_responses, "vocab": cfg.vocab, "length": cfg.length,
         "initial_argmax": int(pi0[0].argmax()), "initial_pi_argmax": float(pi0[0].max()),

@@ -37,6 +37,7 @@ from torch import Tensor
 from toykit.experiments._common import (check_at_least, check_fraction, check_loss_names, check_positive, new_figure,
                                         save_figure, write_metrics, write_summary)
 from toykit.losses import compute_loss, get_loss
+from toykit.progress import report
 
 NAME = "response-dynamics"
 DESCRIPTION = "toy prompts/responses: probe log-probs during SFT -> DPO, baseline vs extend (Figures 3-5)"
@@ -198,6 +199,7 @@ def _train_arm(cfg: Config, world: dict[str, Tensor], arm: str) -> tuple[list[in
     steps, phases, rows = [0], ["sft"], [_probe_logps(logits(params, prompts, emb), world)]
     reference: dict[str, Tensor] = {}
     for t in range(cfg.sft_steps + cfg.dpo_steps):
+        report(f"arm {arm}: SFT then DPO steps", t, cfg.sft_steps + cfg.dpo_steps)
         phase = "sft" if t < cfg.sft_steps else "dpo"
         if phase == "dpo" and not reference:
             with torch.no_grad():
@@ -227,6 +229,7 @@ def _train_arm(cfg: Config, world: dict[str, Tensor], arm: str) -> tuple[list[in
             phases.append("sft" if step <= cfg.sft_steps else "dpo")
             with torch.no_grad():
                 rows.append(_probe_logps(logits(params, prompts, emb), world))
+    report(f"arm {arm}: SFT then DPO steps", cfg.sft_steps + cfg.dpo_steps, cfg.sft_steps + cfg.dpo_steps)
     return steps, phases, rows
 
 

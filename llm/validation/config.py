@@ -1,0 +1,46 @@
+"""The config of ``python -m llm validate``, kept apart from the pipeline so its ``--help`` loads no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+__all__ = ["ValidateConfig"]
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """Validate the paper's claims end to end (pretrain -> SFT / extend -> DPO / on-policy DPO) over seeds."""
+
+    preset: Literal["test", "cpu", "gpu"] = field(default="cpu", metadata={
+        "help": "sizes: test (seconds), cpu (< 10 min on 2 cores), gpu (~50M parameters, bf16)"})
+    seeds: tuple[int, ...] = field(default=(0, 1, 2), metadata={"help": "seeds (world, init, data order); >= 1"})
+    model: str = field(default="", metadata={
+        "help": "a pretrained causal LM directory: skip the world and pretraining, finetune it on --data"})
+    data: str = field(default="", metadata={"help": "preference pairs JSONL (with --model)"})
+    probes: str = field(default="", metadata={"help": "probe file in the paper's format (with --model); "
+                                                      "default: probes derived from the pairs"})
+    held_out: int = field(default=64, metadata={"help": "last pairs of --data held out (y_test probes)"})
+    num_probes: int = field(default=64, metadata={"help": "probe prompts with --model"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
+    out_dir: str | None = field(default=None, metadata={"help": "run directory; default runs/<time>-validate"})
+    runs_root: str = field(default="runs", metadata={"help": "parent of the default run directory"})
+    progress: bool = field(default=True, metadata={
+        "help": "print progress to stderr: a line per seed and each training phase's bar (phase, step, ETA)"})
+    threads: int = field(default=1, metadata={
+        "help": "torch CPU threads during the run (tiny models are fastest on one; 0 keeps torch's setting)"})
+    time_budget_s: float = field(default=0.0, metadata={
+        "help": "stop before a seed that would not finish within this many seconds (judged from the seeds done); "
+                "the report covers the seeds that finished; 0 = no limit"})
+
+    def __post_init__(self) -> None:
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
+        if bool(self.model) != bool(self.data):
+            raise ValueError(f"--model and --data go together; got model={self.model!r}, data={self.data!r}")
+        if self.time_budget_s < 0:
+            raise ValueError(f"time_budget_s must be >= 0 (0 = no limit), got {self.time_budget_s}")
+        if self.threads < 0:
+            raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.held_out < 1 or self.num_probes < 2:
+            raise ValueError(f"held_out must be >= 1 and num_probes >= 2, got {self.held_out}, {self.num_probes}")
