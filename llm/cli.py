@@ -58,17 +58,17 @@ def _command_in(argv: Sequence[str]) -> str | None:
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
-    """The top-level parser; only ``command``'s sub-parser gets its options (the others parse nothing)."""
+    """The top-level parser; only ``command``'s sub-parser gets its options (None: every command's, "": none)."""
     parser = argparse.ArgumentParser(prog="python -m llm", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subs = parser.add_subparsers(dest="command", required=True, metavar="{" + ",".join(COMMANDS) + "}")
     for name, (text, config) in COMMANDS.items():
         sub = subs.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
-        if name == command == "explain":
+        if name == "explain" and command in (name, None):
             from llm.explain_report import add_explain_arguments
 
             add_explain_arguments(sub)
-        elif name == command:
+        elif command in (name, None):
             add_config_arguments(sub, _config_class(name))
             if name in _FIXED:
                 _fix_loss_help(sub, _FIXED[name])
@@ -185,7 +185,7 @@ _RUNNERS: dict[str, Callable[[Any], str]] = {"sft": _run_train, "dpo": _run_trai
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the command, print the run directory and wall time; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(_command_in(argv))
+    parser = build_parser(_command_in(argv) or "")
     ns = parser.parse_args(argv)
     if ns.command == "explain":
         from llm.explain_report import run_explain_command

@@ -143,8 +143,8 @@ def _help(f: dataclasses.Field) -> str:
         default = f.default_factory()  # type: ignore[misc]
     else:
         return text
-    if dataclasses.is_dataclass(default) or "default" in text:  # the help text states its own default
-        return text
+    if dataclasses.is_dataclass(default) or default is None or "default" in text:
+        return text  # the help text states its own default (what "unset" means), so it is not printed twice
     if isinstance(default, tuple):
         default = ",".join(map(str, default))
     return f"{text} (default: {default})".strip()
