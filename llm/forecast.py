@@ -104,6 +104,10 @@ def forecast(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=No
     lin = LinearisedLM(copy.deepcopy(inputs.model)).to(next(inputs.model.parameters()).device)
     fcfg = dataclasses.replace(cfg, phase=f"forecast-{cfg.phase_name}", save_model=False, checkpoint_at_end=False,
                                checkpoint_every=0, resume=False)
+    if getattr(fcfg, "probe_mode", "full") != "full":  # a linearised model has no key/value cache to share
+        fcfg = dataclasses.replace(fcfg, probe_mode="full")
+    if getattr(fcfg, "share_prompts", False):
+        fcfg = dataclasses.replace(fcfg, share_prompts=False)
     result = train(fcfg, model=lin, tokenizer=inputs.tokenizer, pairs=pairs, probes=inputs.probes)
     seconds = time.perf_counter() - t0
     cost = {"kind": "logits linearised at the start (softmax exact), the run's recipe", "seconds": seconds,
