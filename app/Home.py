@@ -26,6 +26,10 @@ PAGES = [
      "How learning one digit moves the predictions on others, measured and predicted by A K G (Figure 1)."),
     ("pages/6_LLM_runs.py", "LLM runs",
      "Probe curves of real SFT/DPO runs, the claims scoreboard of a validation run, and the paper's curves."),
+    ("pages/7_Explain_a_run.py", "Explain a run",
+     "What moved every probe of a run, term by term along the real optimizer steps, and its kernel forecast."),
+    ("pages/8_Online_RL_groups.py", "Online RL groups",
+     "The GRPO family on sampled groups of a toy policy: lazy likelihood displacement and its softening."),
 ]
 
 for path, label, blurb in PAGES:

@@ -21,7 +21,10 @@ probe sequences (``llm.linearize.directional_changes``), whose primal output is 
 change is log pi_o(theta_{t+1}) - log pi_o(theta_t) and the residual is measured minus predicted.
 
 Saved with the run under ``explain/``: attribution.npz (values (S+1, N_o), contributions (S, K, N_o)) and
-meta.json (probe type and prompt of every observed row, terms, per-step fit). ``llm.explain_report`` reads them.
+meta.json (probe type and prompt of every observed row, terms, per-step fit); for reference-based preference losses
+also pairs.csv, the pair diagnostics of the first training pairs (``llm.pair_diagnostics``: CHES, its variants, the
+eNTK one-step change of y+, and the change of y+ measured over the run where the pair is a probe), with their rank
+correlations in meta.json. ``llm.explain_report`` reads them.
 
 References: Ren & Sutherland, ICLR 2025, Prop. 1 (PAPER.md section 2); Loshchilov & Hutter 2019 (AdamW).
 """
@@ -206,15 +209,17 @@ class AttributionHook:
         out_name: folder of the run directory the arrays are written to.
     """
 
-    def __init__(self, num_prompts: int = 16, chunk_size: int = 256, out_name: str = "explain"):
+    def __init__(self, num_prompts: int = 16, chunk_size: int = 256, out_name: str = "explain",
+                 diagnose_pairs: bool = True):
         if num_prompts < 1:
             raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
         self.num_prompts, self.chunk_size, self.out_name = num_prompts, chunk_size, out_name
+        self.diagnose_pairs = diagnose_pairs
         self.seconds = 0.0
 
     def on_train_begin(self, run) -> None:
         t0 = time.perf_counter()
-        self.run = run
+        self.run, self.pair_seconds = run, 0.0
         device = next(run.model.parameters()).device
         batch, argmax, self.kinds, self.owners = observed_probes(run.probes, run.tokenizer, run.policy,
                                                                  self.num_prompts)
@@ -222,7 +227,24 @@ class AttributionHook:
         self.terms = term_names(run.objective)
         self.split = UpdateSplit(run.optimizer, self.terms)
         self.values, self.contributions, self.steps, self.lrs, self.remainder_norms = [], [], [], [], []
-        self.seconds += time.perf_counter() - t0
+        self.pairs = None
+        if self.diagnose_pairs and run.rejected is not None and run.objective.needs_reference:
+            from llm.pair_diagnostics import pair_diagnostics
+
+            n = min(self.num_prompts, len(run.chosen))
+            self.pairs = pair_diagnostics(run.model, run.chosen[:n], run.rejected[:n], run.tokenizer.pad_token_id,
+                                          beta=run.objective.beta)
+            self.pairs["is_probe"] = [self._probe_row(run, i) is not None for i in range(n)]
+        self.pair_seconds = time.perf_counter() - t0
+
+    def _probe_row(self, run, i: int) -> int | None:
+        """The observed y+ row of training pair ``i`` when that pair is also a probe prompt, else None."""
+        for row, (kind, owner) in enumerate(zip(self.kinds, self.owners)):
+            if kind == "chosen" and owner == i:
+                ids = self.observed.input_ids[row][self.observed.attention_mask[row].bool()].tolist()
+                seq = run.chosen[i]
+                return row if ids == list(seq.prompt_ids) + list(seq.response_ids) else None
+        return None
 
     def on_step(self, ctx) -> None:
         t0 = time.perf_counter()
@@ -272,11 +294,23 @@ class AttributionHook:
         rel = float(np.linalg.norm(measured - predicted) / max(np.linalg.norm(measured), 1e-300))
         np.savez(out_dir / "attribution.npz", values=values, contributions=contrib, steps=np.asarray(self.steps),
                  learning_rates=np.asarray(self.lrs), remainder_norms=np.asarray(self.remainder_norms))
+        pairs_meta = {}
+        if self.pairs is not None:
+            from llm.pair_diagnostics import rank_correlations
+
+            table = self.pairs.copy()
+            rows = [self._probe_row(self.run, int(i)) for i in table["pair"]]
+            table["measured_delta_chosen"] = [values[-1, r] - values[0, r] if r is not None else np.nan
+                                              for r in rows]
+            table.to_csv(out_dir / "pairs.csv", index=False)
+            corr = rank_correlations(table.drop(columns=["is_probe"]).dropna(axis=1, how="all"))
+            pairs_meta = {"pair_rank_correlations": corr.round(6).to_dict(), "num_pairs": len(table)}
         write_json(out_dir / "meta.json", {
             "terms": list(self.names), "probe_types": list(self.kinds), "prompts": self.owners,
             "num_prompts": int(self.owners.max()) + 1, "optimizer": self.split.kind, "loss": self.run.objective.loss,
             "steps": len(self.steps), "per_step_correlation": per_step,
             "median_step_correlation": float(np.nanmedian(per_step)), "relative_error": rel,
-            "max_remainder_norm": float(max(self.remainder_norms)), "seconds": self.seconds})
+            "max_remainder_norm": float(max(self.remainder_norms)), "seconds": self.seconds,
+            "pair_seconds": self.pair_seconds, **pairs_meta})
         return out_dir
 

@@ -21,7 +21,8 @@ from llm.runs import read_run_metrics
 from toykit.runs import read_json
 
 __all__ = ["Explanation", "load_explanation", "explanation_table", "format_explanation", "forecast_comparison",
-           "plot_explanation", "cost_report", "add_explain_arguments", "run_explain_command"]
+           "plot_explanation", "cost_report", "add_explain_arguments", "run_explain_command",
+           "list_explained_runs", "list_forecast_runs", "pair_tables"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +105,11 @@ def format_explanation(expl: Explanation) -> str:
         verb = "rose" if row["measured"] > 0 else "fell"
         lines.append(f"- {row['probe']} {verb} by {abs(row['measured']):.3f} nats (predicted "
                      f"{row['predicted']:+.3f}); largest cause: the {top} term, {row[top]:+.3f}")
+    corr = meta.get("pair_rank_correlations")
+    if corr:
+        lines.append(f"pair diagnostics of the first {meta['num_pairs']} training pairs at the start (Spearman rank "
+                     f"correlations across pairs; entk_delta_chosen = the kernel's one-step change of y+ under DPO):")
+        lines.append(pd.DataFrame(corr).to_string(float_format=lambda v: f"{v:+.2f}"))
     return "\n".join(lines)
 
 
@@ -240,3 +246,25 @@ def run_explain_command(ns) -> int:
     plot_explanation(expl, comparison).savefig(figure, dpi=110)
     print(f"figure: {figure}")
     return 0
+
+
+def list_explained_runs(folder: str | Path) -> list[Path]:
+    """Run directories under ``folder`` that hold an attribution (explain/meta.json), sorted."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"run folder {folder} does not exist or is not a directory")
+    return sorted(p.parent.parent for p in folder.rglob("explain/meta.json"))
+
+
+def list_forecast_runs(folder: str | Path) -> list[Path]:
+    """Forecast run directories (with forecast.json) under ``folder``, sorted."""
+    folder = Path(folder)
+    return sorted(p.parent for p in folder.rglob("forecast.json")) if folder.is_dir() else []
+
+
+def pair_tables(run_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The pair diagnostics (pairs.csv) and their Spearman rank correlations, or None when the run has none."""
+    folder = Path(run_dir) / "explain"
+    if not (folder / "pairs.csv").exists():
+        return None
+    return pd.read_csv(folder / "pairs.csv"), pd.DataFrame(read_json(folder / "meta.json")["pair_rank_correlations"])

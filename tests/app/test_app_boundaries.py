@@ -17,7 +17,7 @@ NUMERIC_CALLS = {"sum", "mean", "std", "var", "cumsum", "cumprod", "diff", "exp"
                  "pow", "divmod", "prod", "clip", "pct_change", "corr", "sub", "add", "mul", "div", "truediv"}
 EXPECTED_PAGES = ["1_Squeezing_explorer.py", "2_One_step_decomposition.py", "3_Loss_residuals.py",
                   "4_Trajectories_and_phase_diagram.py", "5_Digits_influence.py", "6_LLM_runs.py",
-                  "8_Online_RL_groups.py"]
+                  "7_Explain_a_run.py", "8_Online_RL_groups.py"]
 
 
 def _is_text(node: ast.AST) -> bool:

@@ -1,0 +1,87 @@
+"""Which preference pairs will DPO push down y+ on? CHES scores next to the eNTK's own one-step prediction.
+
+For a pair (x, y+, y-) with h_k the last hidden state (after the final norm) at the position that predicts token k,
+H+ = sum_k h+_k and H- = sum_k h-_k:
+
+- CHES (Razin et al. 2025, the centred hidden embedding similarity): <H+, H-> - ||H+||^2;
+- length-normalised CHES: <H+, H-> / (|y+| |y-|) - ||H+||^2 / |y+|^2;
+- token-level CHES (this toolkit's variant): max over y- tokens k' of <h-_k', H+ / |y+|> - ||H+ / |y+|||^2, the one
+  y- token most aligned with y+ (a single shared token can drive the displacement);
+- eNTK one-step change: the first-order change of log pi(y+ | x) (summed over tokens) of one SGD step of unit
+  learning rate on DPO of this pair alone, -<grad log pi(y+), grad L_DPO> (one JVP; at the reference policy
+  grad L_DPO = -(beta / 2)(grad log pi(y+) - grad log pi(y-))).
+
+High CHES predicts likelihood displacement (y+ falls); the eNTK change is the kernel's own answer. Their Spearman rank
+correlations across pairs, and with the change of y+ measured over the run when the pairs are also probes, go in
+the attribution's report.
+
+References: Razin et al., ICLR 2025, "Unintentional Unalignment: Likelihood Displacement in Direct Preference
+Optimization" (CHES, Def. 2 and its length-normalised form); Ren & Sutherland 2025, Prop. 1.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+import torch
+
+from llm.encoding import EncodedSequence, collate
+from llm.linearize import directional_changes, summed_logps
+from toykit.losses import compute_loss
+
+__all__ = ["pair_diagnostics", "rank_correlations", "DIAGNOSTICS"]
+
+DIAGNOSTICS = ("ches", "ln_ches", "token_ches", "entk_delta_chosen")
+
+
+def _response_hidden(model, seq: EncodedSequence, device) -> torch.Tensor:
+    """(|y|, H) last hidden states at the positions that predict the response tokens."""
+    ids = torch.tensor([list(seq.prompt_ids) + list(seq.response_ids)], device=device)  # (1, L)
+    hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]  # (L, H)
+    start = len(seq.prompt_ids)
+    return hidden[start - 1: ids.shape[1] - 1].double()  # position l predicts token l + 1
+
+
+def pair_diagnostics(model, chosen: Sequence[EncodedSequence], rejected: Sequence[EncodedSequence],
+                     pad_token_id: int, beta: float = 0.1) -> pd.DataFrame:
+    """Return one row per pair: ches, ln_ches, token_ches and entk_delta_chosen (see the module docstring).
+
+    Args:
+        model: the policy at the start of DPO (the reference).
+        chosen, rejected: the pairs' encoded (prompt, y+) and (prompt, y-) sequences, N each.
+        beta: DPO's beta.
+    """
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    rows = []
+    try:
+        for i, (c, r) in enumerate(zip(chosen, rejected)):
+            with torch.no_grad():
+                hp, hm = _response_hidden(model, c, device), _response_hidden(model, r, device)  # (|y+|, H), (|y-|, H)
+            sp, sm = hp.sum(0), hm.sum(0)
+            mp = sp / len(hp)
+            rows.append({"pair": i, "ches": float(sp @ sm - sp @ sp),
+                         "ln_ches": float(sp @ sm / (len(hp) * len(hm)) - sp @ sp / len(hp) ** 2),
+                         "token_ches": float((hm @ mp).max() - mp @ mp)})
+        for i, (c, r) in enumerate(zip(chosen, rejected)):
+            batch_c, batch_r = collate([c], pad_token_id).to(device), collate([r], pad_token_id).to(device)
+            leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
+            lp_c, lp_r = summed_logps(model, leaves, batch_c), summed_logps(model, leaves, batch_r)
+            loss = compute_loss("dpo", chosen_logps=lp_c, rejected_logps=lp_r, ref_chosen_logps=lp_c.detach(),
+                                ref_rejected_logps=lp_r.detach(), beta=beta).sum()
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            g = {n: torch.zeros_like(p) if gn is None else gn for (n, p), gn in zip(params.items(), grads)}
+            _, change = directional_changes(model, params, batch_c, [g])
+            rows[i]["entk_delta_chosen"] = -float(change[0, 0])
+    finally:
+        model.train(was_training)
+    return pd.DataFrame(rows)
+
+
+def rank_correlations(table: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Spearman rank correlations across pairs between the diagnostics (and any measured column)."""
+    cols = [c for c in (columns or table.columns) if c != "pair"]
+    return table[cols].corr(method="spearman")
