@@ -17,8 +17,9 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call, grad
 
+from toykit.forward_ad import jvp
 from toykit.losses import compute_loss, get_loss
 from toykit.ntk import check_preconditioner, empirical_ntk, trainable_params
 from toykit.residuals import residual

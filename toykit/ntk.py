@@ -17,7 +17,9 @@ from typing import Callable
 
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, jvp, vjp, vmap
+from torch.func import functional_call, jacrev, vjp, vmap
+
+from toykit.forward_ad import jvp
 
 __all__ = ["empirical_ntk", "linear_softmax_ntk", "trainable_params", "check_preconditioner", "ntk_matrix"]
 
