@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,8 @@ class ProbeCallback(TrainerCallback):
         self._writer: MetricsWriter | None = None
         self._evaluated: set[int] = set()
         self._pending: dict[str, float] = {}
+        self.probe_seconds = 0.0  # wall time of this process's probe evaluations (summary.json, benchmarks)
+        self._started = 0.0
 
     def attach(self, trainer):
         """Add this callback to ``trainer`` right after its flow callback, before the reporters; return trainer."""
@@ -139,7 +142,9 @@ class ProbeCallback(TrainerCallback):
         step = int(state.global_step)
         if step in self._evaluated or not (state.is_world_process_zero or is_sharded(model)):
             return
+        t0 = time.perf_counter()
         result = self.evaluator(model)
+        self.probe_seconds += time.perf_counter() - t0
         self._evaluated.add(step)
         if not state.is_world_process_zero:
             return
@@ -161,7 +166,7 @@ class ProbeCallback(TrainerCallback):
                 control.should_save = True
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self._evaluated = set()
+        self._evaluated, self.probe_seconds, self._started = set(), 0.0, time.perf_counter()
         if state.is_world_process_zero:
             self._open(args, int(state.global_step))
         self._evaluate(args, state, model, control)
@@ -191,7 +196,10 @@ class ProbeCallback(TrainerCallback):
             return
         self._writer.close()
         self._writer = None
+        wall = time.perf_counter() - self._started
         write_json(self.out_dir / "summary.json", {"final_step": int(state.global_step),
+                                                   "probe_seconds": self.probe_seconds, "wall_seconds": wall,
+                                                   "probe_share": self.probe_seconds / wall if wall > 0 else None,
                                                    "examples_seen": int(state.global_step) * examples_per_step(args),
                                                    "evaluated_steps": sorted(self._evaluated),
                                                    "squeeze_alarm": (dataclasses.asdict(self.monitor.fired)
