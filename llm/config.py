@@ -11,6 +11,7 @@ import dataclasses
 import math
 import re
 from dataclasses import field
+from pathlib import Path
 from typing import Literal
 
 from toykit.runs import check_run_name
@@ -147,6 +148,8 @@ class TrainConfig(_ModelData):
     lora_r: int = _f(0, "LoRA adapter rank (needs the peft extra); 0: train every parameter. Only the adapters "
                         "train; the reference is the base with adapters disabled (TRL's convention); the run saves "
                         "adapter/ and model/ (merged)")
+    lora_adapter: str = _f("", "continue from LoRA adapters a run saved (its adapter/ directory), loaded onto "
+                               "--model and trained further; the reference is still the base")
     lora_alpha: float = _f(16.0, "LoRA scaling numerator (update = alpha / r * B A)")
     lora_dropout: float = _f(0.0, "dropout on the LoRA adapter inputs")
     lora_target_modules: str = _f("all-linear", "modules that get adapters: all-linear or comma-separated names "
@@ -187,6 +190,9 @@ class TrainConfig(_ModelData):
                              f"{self.lr}, {self.max_grad_norm}, {self.warmup_steps}, {self.checkpoint_every}")
         if self.max_examples is not None and self.max_examples < 1:
             raise ValueError(f"max_examples must be >= 1, got {self.max_examples}")
+        if self.lora_adapter and not (Path(self.lora_adapter) / "adapter_config.json").is_file():
+            raise ValueError(f"--lora-adapter {self.lora_adapter}: no adapter_config.json there (expected the "
+                             "adapter/ directory of a LoRA run)")
         if self.lora_r < 0 or not 0 <= self.lora_dropout < 1 or self.lora_alpha <= 0:
             raise ValueError(f"need lora_r >= 0, 0 <= lora_dropout < 1, lora_alpha > 0; got {self.lora_r}, "
                              f"{self.lora_dropout}, {self.lora_alpha}")

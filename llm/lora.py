@@ -14,7 +14,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["apply_lora", "is_peft_model", "trainable_parameters", "adapters_disabled", "AdapterFreeReference"]
+__all__ = ["apply_lora", "load_adapter", "is_peft_model", "trainable_parameters", "adapters_disabled", "AdapterFreeReference"]
 
 
 def is_peft_model(model) -> bool:
@@ -45,6 +45,19 @@ def apply_lora(model, *, r: int, alpha: float, dropout: float = 0.0, target_modu
         return get_peft_model(model, config)
     except ValueError as err:  # no module matched target_modules
         raise ValueError(f"--lora-target-modules {target_modules!r}: {str(err).splitlines()[0]}") from None
+
+
+def load_adapter(model, adapter_dir: str):
+    """Return ``model`` with the LoRA adapters saved in ``adapter_dir`` (a run's adapter/), trainable."""
+    from pathlib import Path
+
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ValueError("--lora-adapter needs the peft library: pip install -e '.[lora]'") from None
+    if not (Path(adapter_dir) / "adapter_config.json").is_file():
+        raise ValueError(f"--lora-adapter {adapter_dir}: no adapter_config.json there (expected a run's adapter/)")
+    return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
 
 
 def trainable_parameters(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -34,7 +34,7 @@ from llm.parallel import SINGLE_PROCESS, World
 from llm.encoding import encode_record, truncation_report
 from llm.hooks import RunContext, StepContext, call_hooks, hooks_from_config, snapshot
 from llm.inputs import build_inputs, check_device, check_pairs_differ
-from llm.lora import AdapterFreeReference, adapters_disabled, apply_lora, is_peft_model
+from llm.lora import AdapterFreeReference, adapters_disabled, apply_lora, is_peft_model, load_adapter
 from llm.objective import (NonFiniteLossError, Objective, batch_loss, make_pair_batch, precompute_reference_logps,
                            resolve_prompt_sharing, trl_metrics)
 from llm.optim import build_optimizer, warmup_schedule
@@ -186,7 +186,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     if not world.is_main:  # the other ranks load the tokenizer the main process trained and saved
         inputs, objective, chosen, rejected, evaluator = prepare(run_dir / "tokenizer")
     model, tok = inputs.model, inputs.tokenizer
-    if cfg.lora_r and not is_peft_model(model):  # only the adapters train; B = 0 so step 0 is the base model
+    if cfg.lora_adapter and not is_peft_model(model):  # saved adapters continue training on the same base
+        model = load_adapter(model, cfg.lora_adapter)
+    elif cfg.lora_r and not is_peft_model(model):  # only the adapters train; B = 0 so step 0 is the base model
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                            target_modules=cfg.lora_target_modules)
     device = next(model.parameters()).device

@@ -105,3 +105,19 @@ def test_prop1_on_a_lora_kernel_predicts_the_lora_step(tokenizer, pairs):
     assert result.relative_error < 0.05 and 1.7 < result.slope < 2.3  # first order in eta, remainder ~ eta^2
     full = _prop1(lora, tokenizer, pairs, False)  # the full-parameter kernel is a different prediction
     assert not torch.allclose(torch.as_tensor(full.predicted), torch.as_tensor(result.predicted), rtol=0.05)
+
+
+def test_saved_adapters_continue_on_the_same_base(tmp_path):
+    first = train(_cfg(tmp_path, "first"))
+    second = train(_cfg(tmp_path, "second", lora_r=0, lora_adapter=str(first.run_dir / "adapter"), epochs=1))
+    start = {(r["probe"], r["statistic"]): r["value"] for r in read_metrics(second.run_dir / "metrics.jsonl")
+             if "probe" in r and r["step"] == 0}
+    end = {(r["probe"], r["statistic"]): r["value"] for r in read_metrics(first.run_dir / "metrics.jsonl")
+           if "probe" in r and r["step"] == first.step}
+    assert start == pytest.approx(end, rel=1e-5, abs=1e-6)  # the second run starts where the first ended
+    assert all("lora_" in n for n, p in second.model.named_parameters() if p.requires_grad)
+    rows = _rows(second.run_dir)
+    assert rows[0]["rewards/margins"] > 0  # its reference is the base (adapters off), not the loaded adapters
+    with pytest.raises(ValueError, match="adapter_config.json"):  # refused before any run folder exists
+        _cfg(tmp_path, "bad", lora_adapter=str(tmp_path))
+    assert not (tmp_path / "bad").exists()
