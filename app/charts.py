@@ -26,21 +26,29 @@ PROBE_LABELS = {
 }
 
 
+# Legends below the plot in columns, never truncated: a tall legend beside a short chart was cut off.
+_LEGEND = alt.Legend(orient="bottom", direction="vertical", columns=3, labelLimit=0, titleLimit=0, symbolLimit=0)
+
+
 def line_chart(data: pd.DataFrame, x: str, y: str, color: str, *, x_title: str, y_title: str, title: str = "",
                dash: str | None = None, log_x: bool = False, log_y: bool = False, color_title: str | None = None,
                dash_title: str | None = None, height: int = 320) -> alt.Chart:
     """Return a line chart of tidy ``data`` with labelled axes and a legend for ``color`` (and ``dash``)."""
     y_scale = alt.Scale(type="log") if log_y else alt.Scale(zero=False)
     x_scale = alt.Scale(type="log") if log_x else alt.Scale()
+    many = data[color].nunique() > 10 if color in data else False
     encoding = {
         "x": alt.X(x, type="quantitative", title=x_title, scale=x_scale),
         "y": alt.Y(y, type="quantitative", title=y_title, scale=y_scale),
-        "color": alt.Color(color, type="nominal", title=color_title or color),
+        # 20 distinct colours when the 10 of the default scheme would repeat; every legend entry shown in full
+        "color": alt.Color(color, type="nominal", title=color_title or color,
+                           scale=alt.Scale(scheme="category20") if many else alt.Undefined, legend=_LEGEND),
         "tooltip": [c for c in (x, y, color, dash) if c],
     }
     if dash:
-        encoding["strokeDash"] = alt.StrokeDash(dash, type="nominal", title=dash_title or dash)
+        encoding["strokeDash"] = alt.StrokeDash(dash, type="nominal", title=dash_title or dash, legend=_LEGEND)
     return alt.Chart(data, title=title).mark_line(point=True).encode(**encoding).properties(height=height)
+
 
 
 def point_chart(data: pd.DataFrame, x: str, y: str, color: str, *, x_title: str, y_title: str, title: str = "",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -27,7 +28,7 @@ from toykit.runs import iter_jsonl
 
 __all__ = [
     "TIDY_COLUMNS", "REDUCTIONS", "PAPER_EVAL_EVERY",
-    "list_run_dirs", "read_run_config", "read_run_metrics", "read_runs", "read_paper_metrics", "read_claims",
+    "list_run_dirs", "is_llm_run", "default_run_folder", "read_report_parts", "PAPER_EVAL_CHOICES", "read_run_config", "read_run_metrics", "read_runs", "read_paper_metrics", "read_claims",
     "read_report", "select_reduction", "probe_curves", "training_curves", "overlay_with_paper", "curve_summary",
     "claims_score",
 ]
@@ -35,6 +36,9 @@ __all__ = [
 TIDY_COLUMNS = ("run", "phase", "step", "examples_seen", "probe", "statistic", "value")
 TRAIN_PROBE = "train"
 PAPER_EVAL_EVERY = 1000  # the paper's code evaluated the probes every 1000 training examples (PAPER.md section 7)
+PAPER_EVAL_CHOICES = (100, 500, 1000)  # examples per evaluation used by the paper's runs (the log does not say which)
+_PAPER_STEP_KEYS = ("step", "global_step", "examples_seen", "train_step")  # a restart shows as one of these falling
+_GENERIC_STEMS = ("metrics", "prob_train", "prob_test", "log")  # file names that say nothing: label by folder
 
 # How a response log-prob is reduced over its tokens: the statistic names written by llm.probes.
 REDUCTIONS = {"summed": ("logp_sum",), "mean": ("logp_mean",)}
@@ -52,8 +56,11 @@ _PAPER_SCALARS = {  # paper key -> (probe, statistic)
 # ----------------------------------------------------------------------------------------------------------------------
 # Run directories.
 
-def list_run_dirs(folder: str | Path) -> list[Path]:
+def list_run_dirs(folder: str | Path, llm_only: bool = False) -> list[Path]:
     """Return the run directories under ``folder`` (it or any sub-folder holding ``metrics.jsonl``), sorted.
+
+    Args:
+        llm_only: keep only runs of ``python -m llm`` / ProbeCallback (see :func:`is_llm_run`), not toy experiments.
 
     Raises:
         ValueError: ``folder`` does not exist or is not a directory.
@@ -61,8 +68,33 @@ def list_run_dirs(folder: str | Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"run folder {folder} does not exist or is not a directory")
-    found = {p.parent for p in folder.rglob("metrics.jsonl")}
-    return sorted(found)
+    found = sorted({p.parent for p in folder.rglob("metrics.jsonl")})
+    return [d for d in found if is_llm_run(d)] if llm_only else found
+
+
+def is_llm_run(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` was written by the llm engine, a ProbeCallback or a validation (not a toy experiment).
+
+    llm rows carry ``phase`` / ``examples_seen`` (and probe rows a ``statistic``); the toy experiments write tidy
+    ``{step, probe, metric, value}`` rows. Only the first row is read; an unreadable file counts as an llm run so
+    that the page can name its error.
+    """
+    try:
+        _, first = next(iter_jsonl(Path(run_dir) / "metrics.jsonl"), (0, None))
+    except (ValueError, OSError):
+        return True
+    if first is None:
+        return False
+    return "metric" not in first and bool({"phase", "examples_seen", "statistic", "loss"} & set(first))
+
+
+def default_run_folder(candidates: Iterable[str | Path] = ("runs", "results")) -> str:
+    """The first candidate folder that holds llm runs (``runs/`` after a run, else the committed ``results/``)."""
+    candidates = [str(c) for c in candidates]
+    for folder in candidates:
+        if Path(folder).is_dir() and list_run_dirs(folder, llm_only=True):
+            return folder
+    return candidates[0]
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
@@ -151,7 +183,11 @@ def read_paper_metrics(path: str | Path, run: str | None = None,
                        eval_every: int = PAPER_EVAL_EVERY) -> pd.DataFrame:
     """Read a metrics log written by the paper's code into a tidy table with columns :data:`TIDY_COLUMNS`.
 
-    Line ``i`` (0-based) is the evaluation after ``i * eval_every`` training examples. Probe log-probs become
+    Line ``i`` (0-based) is the evaluation after ``i * eval_every`` training examples; the paper's runs used 100, 500
+    or 1000 (:data:`PAPER_EVAL_CHOICES`) and the log does not record which. A log whose step key (``step``,
+    ``global_step``, ...) falls holds an appended restart: each restart is labelled ``<run> (restart k)`` and starts
+    again at 0 examples (``table.attrs["segments"]`` counts them). The label is the file's name, or its folder's
+    when the name is generic (``prob_train_metrics``). Probe log-probs become
     statistic ``logp_sum`` (summed over tokens, as the paper logged them), ``<probe>_A_o`` becomes ``A_norm``
     (||A||_F averaged over tokens); ``argmax_prob_logits`` is the TEACHER-FORCED argmax along the y+ prefix
     (probe ``argmax_teacher_forced``). NaN values (bare ``NaN`` in the file) are kept as NaN.
@@ -164,17 +200,41 @@ def read_paper_metrics(path: str | Path, run: str | None = None,
         raise ValueError(f"paper metrics file {path} does not exist or is not a file")
     if eval_every <= 0:
         raise ValueError(f"eval_every must be > 0, got {eval_every}")
-    label = run if run is not None else path.stem
+    with path.open("rb") as fh:
+        head = fh.read(8)
+    if head.startswith((b"\x93NUMPY", b"PK\x03\x04", b"\x80")):  # .npy, .npz / zip, pickle
+        raise ValueError(f"{path} is a binary file ({path.suffix or 'no suffix'}), not the paper's metrics log: "
+                         f"the reader takes JSON lines (.jsonl / .json), one object of numbers per evaluation")
+    label = run if run is not None else _paper_label(path)
     rows: list[dict[str, Any]] = []
-    for evaluation, (lineno, obj) in enumerate(iter_jsonl(path)):  # bare NaN (the paper's code) is accepted
-        base = {"run": label, "phase": "paper", "step": evaluation, "examples_seen": evaluation * eval_every}
+    segment, evaluation, last_step = 1, 0, None
+    for lineno, obj in iter_jsonl(path):  # bare NaN (the paper's code) is accepted
+        step = next((obj[k] for k in _PAPER_STEP_KEYS if isinstance(obj.get(k), (int, float))), None)
+        if step is not None and last_step is not None and step < last_step:  # an appended restart
+            segment, evaluation = segment + 1, 0
+        last_step = step if step is not None else last_step
+        name = label if segment == 1 else f"{label} (restart {segment})"
+        base = {"run": name, "phase": "paper", "step": evaluation, "examples_seen": evaluation * eval_every}
         for key, value in obj.items():
+            if key in _PAPER_STEP_KEYS:
+                continue
             probe, statistic = _paper_key(key)
             rows.append({**base, "probe": probe, "statistic": statistic,
                          "value": _number(value, f"{path}:{lineno}: {key}")})
+        evaluation += 1
     if not rows:
         raise ValueError(f"paper metrics file {path} holds no evaluations")
-    return pd.DataFrame(rows)[list(TIDY_COLUMNS)]
+    table = pd.DataFrame(rows)[list(TIDY_COLUMNS)]
+    table.attrs["segments"] = segment  # > 1: the log holds appended restarts, each its own curve
+    return table
+
+
+def _paper_label(path: Path) -> str:
+    """The file's name, or its folder's when the name is generic (``<run>/prob_train_metrics.jsonl``)."""
+    stem = path.stem.lower()
+    if any(g in stem for g in _GENERIC_STEMS) and path.parent.name not in ("", "."):
+        return path.parent.name
+    return path.stem
 
 
 def _paper_key(key: str) -> tuple[str, str]:
@@ -230,6 +290,35 @@ def read_report(run_dir: str | Path) -> str | None:
     """Return the text of the run's ``report.md``, or None when it has none."""
     path = Path(run_dir) / "report.md"
     return path.read_text() if path.exists() else None
+
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
+
+
+def read_report_parts(run_dir: str | Path) -> list[tuple[str, str]]:
+    """Split the run's ``report.md`` into ("markdown", text) and ("image", path or URL) parts, in order.
+
+    Images with relative paths are resolved against the run directory (a browser cannot fetch them from the
+    markdown, so the app shows them as images); a missing image becomes a markdown note naming the file.
+    """
+    text = read_report(run_dir)
+    if text is None:
+        return []
+    parts: list[tuple[str, str]] = []
+    pos = 0
+    for match in _IMAGE.finditer(text):
+        if text[pos: match.start()].strip():
+            parts.append(("markdown", text[pos: match.start()]))
+        target = match.group(2)
+        if "://" in target:
+            parts.append(("image", target))
+        else:
+            path = (Path(run_dir) / target).resolve()
+            parts.append(("image", str(path)) if path.is_file() else ("markdown", f"*(figure {target} is missing)*"))
+        pos = match.end()
+    if text[pos:].strip():
+        parts.append(("markdown", text[pos:]))
+    return parts
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -86,3 +86,14 @@ def assert_charts_labelled(at: AppTest) -> None:
         encoding = spec["encoding"]
         for channel in ("x", "y", "color"):
             assert encoding.get(channel, {}).get("title"), f"chart {spec.get('title')!r}: {channel} has no title"
+
+
+def chart_data(at: AppTest, title: str):
+    """The data (a pandas DataFrame) drawn by the page's Altair chart titled ``title``."""
+    from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+
+    for chart in at.get("vega_lite_chart"):
+        if json.loads(chart.proto.spec).get("title") == title:
+            blobs = [d.data.data for d in chart.proto.datasets] or [chart.proto.data.data]
+            return convert_arrow_bytes_to_pandas_df(blobs[0])
+    raise KeyError(f"no chart titled {title!r}; titles: {[json.loads(c.proto.spec).get('title') for c in at.get('vega_lite_chart')]}")

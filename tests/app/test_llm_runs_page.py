@@ -1,6 +1,6 @@
 """The LLM runs page: curves of runs in a folder, the reduction toggle, comparison, claims, the paper's curves."""
 
-from tests.app.harness import assert_charts_labelled, assert_no_exception, chart_specs, run_page
+from tests.app.harness import assert_charts_labelled, assert_no_exception, chart_data, chart_specs, run_page
 
 PAGE = "pages/6_LLM_runs.py"
 
@@ -107,3 +107,109 @@ def test_the_committed_validation_results_open_in_the_page():
     assert at.multiselect(key="runs").value == ["cpu", "gpu"]
     held = [m.value for m in at.metric if m.label == "claims that held"]
     assert len(held) == 2 and all(v.endswith("of 23") for v in held)
+
+
+def _paper_log(path, evaluations=5, steps=None, probes=("chosen", "rejected", "chosen_gptsemantic")):
+    """A metrics log in the paper's format; ``steps`` adds a step key per line (a fall = an appended restart)."""
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(evaluations):
+        row = {f"logps_eval_prob_train/{p}": -50.0 - k - 2.0 * i for k, p in enumerate(probes)}
+        row["argmax_prob_logits"] = -20.0 + i
+        if steps is not None:
+            row["step"] = steps[i]
+        lines.append(json.dumps(row))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _chart(at, title):
+    return next(spec for spec in chart_specs(at) if spec.get("title") == title)
+
+
+def test_a_fresh_clone_opens_on_the_committed_results(tmp_path, monkeypatch):
+    from tests.app.harness import write_tidy_run
+
+    write_tidy_run(tmp_path / "results" / "cpu", decay=1.0, with_claims=True)
+    monkeypatch.chdir(tmp_path)  # no runs/ yet, as on a fresh clone
+    at = run_page(PAGE)
+    assert_no_exception(at)
+    assert at.text_input(key="folder").value == "results" and not at.error
+    assert at.multiselect(key="runs").value == ["cpu"]
+
+
+def test_toy_experiment_folders_are_not_listed_as_llm_runs(run_folder):
+    toy = run_folder / "toy-trajectories"
+    toy.mkdir()
+    (toy / "metrics.jsonl").write_text('{"step": 0, "probe": "flat/sft", "metric": "logp_chosen", "value": -1.0}\n')
+    at = run_page(PAGE, folder=str(run_folder))
+    assert at.multiselect(key="runs").options == ["baseline", "extend"]
+
+
+def test_the_probe_chart_shows_every_legend_entry_with_distinct_colours(tmp_path):
+    import json
+
+    from llm.data import PROBE_TYPES
+
+    run = tmp_path / "runs" / "many"
+    run.mkdir(parents=True)
+    rows = [{"step": s, "examples_seen": 4 * s, "phase": "dpo", "probe": p, "statistic": "logp_sum", "value": -k - s}
+            for s in range(3) for k, p in enumerate([*PROBE_TYPES, "argmax_teacher_forced", "greedy"])]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    at = run_page(PAGE, folder=str(tmp_path / "runs"))
+    assert_no_exception(at)
+    spec = _chart(at, "phase: dpo")
+    color = spec["encoding"]["color"]
+    assert color["scale"]["scheme"] == "category20"  # 14 probes: the default 10 colours would repeat
+    for channel in ("color", "strokeDash"):
+        legend = spec["encoding"][channel]["legend"]
+        assert legend["orient"] == "bottom" and legend["labelLimit"] == 0 and legend["symbolLimit"] == 0
+    assert spec["encoding"]["strokeDash"]["title"].startswith("run")
+    assert spec["height"] >= 400
+
+
+def test_report_images_are_shown_from_the_run_folder(run_folder):
+    import base64
+
+    png = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg==")
+    (run_folder / "extend" / "curves.png").write_bytes(png)
+    (run_folder / "extend" / "report.md").write_text("# Report\n\n![curves](curves.png)\n\nAfter the figure.\n"
+                                                     "![gone](missing.png)\n")
+    at = run_page(PAGE, folder=str(run_folder))
+    assert_no_exception(at)
+    assert len(at.get("image")) == 1
+    texts = " ".join(m.value for m in at.markdown)
+    assert "](curves.png)" not in texts and "After the figure." in texts and "missing.png is missing" in texts
+
+
+def test_the_paper_section_works_without_any_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    log = _paper_log(tmp_path / "base_dpo_run" / "prob_train_metrics.jsonl")
+    at = run_page(PAGE)
+    assert any("does not exist" in e.value for e in at.error), [e.value for e in at.error]  # no runs/, results/
+    at.text_input(key="paper_path").set_value(str(log)).run()
+    assert_no_exception(at)
+    data = chart_data(at, "paper: base_dpo_run")  # titled by the folder, not "prob_train_metrics"
+    assert any("y+_gpts" in p for p in set(data["probe"]))  # a probe type no local run has is shown
+    assert data["examples_seen"].max() == 4 * 1000
+    at.select_slider(key="paper_eval_every").set_value(100).run()
+    assert chart_data(at, "paper: base_dpo_run")["examples_seen"].max() == 4 * 100
+
+
+def test_appended_restarts_are_split_and_said(tmp_path):
+    log = _paper_log(tmp_path / "restarted.jsonl", evaluations=6, steps=[0, 1, 2, 0, 1, 2])
+    at = run_page(PAGE, folder=str(tmp_path), paper_path=str(log))
+    assert_no_exception(at)
+    assert any("2 runs appended" in i.value for i in at.info)
+    runs_drawn = set(chart_data(at, "paper: restarted")["run"])
+    assert runs_drawn == {"restarted", "restarted (restart 2)"}
+
+
+def test_a_numpy_file_names_the_file_and_the_formats_read(tmp_path):
+    bad = tmp_path / "curves.npy"
+    bad.write_bytes(b"\x93NUMPY\x01\x00v\x00{'descr': '<f8'}")
+    at = run_page(PAGE, folder=str(tmp_path), paper_path=str(bad))
+    assert_no_exception(at)
+    assert any("curves.npy" in e.value and "JSON lines" in e.value for e in at.error)
