@@ -6,6 +6,7 @@
     python -m llm train --loss ipo --beta 0.5          # any loss of the toykit registry
     python -m llm eval --probes hh_formal_prob_train.jsonl --model DIR
     python -m llm train --loss dpo --out-dir runs/x --resume   # continue a killed run
+    python -m llm train --loss grpo --lr 1e-3          # online RL on the synthetic world, its judge the reward
     python -m llm validate --preset cpu                # the paper's claims end to end (see llm.validation.pipeline)
     python -m llm dpo --explain-prompts 16 --out-dir runs/d   # record what moved every probe, per loss term
     python -m llm forecast --loss dpo --out-dir runs/f # the same run predicted from the kernel at its start
@@ -130,9 +131,24 @@ def _quiet_transformers(cfg) -> None:
 
 def _run_train(cfg) -> str:
     from llm.training import train
+    from toykit.group_losses import group_loss_names
 
     _quiet_transformers(cfg)
+    if cfg.loss in group_loss_names():
+        return _train_rl_on_world(cfg)
     return str(train(cfg).run_dir)
+
+
+def _train_rl_on_world(cfg) -> str:
+    """Online RL needs a reward: on the synthetic world (no --data) its judge scores every sampled completion."""
+    if cfg.data:
+        raise ValueError(f"--loss {cfg.loss} needs a reward function: the CLI has one for the synthetic world "
+                         "(leave --data empty); for your data call llm.rl.train_rl(cfg, reward_fn) from Python")
+    from llm.rl import train_rl
+    from llm.validation.rl_world import world_environment
+
+    env = world_environment(seed=cfg.seed)
+    return str(train_rl(cfg, env.reward, tokenizer=env.tokenizer, pairs=env.pairs, probes=env.probes).run_dir)
 
 
 def _run_eval(cfg) -> str:

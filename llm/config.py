@@ -114,7 +114,8 @@ class TrainConfig(_ModelData):
 
     loss: str = _f("sft", "objective: a toykit.losses name (sft, dpo, ipo, slic, hinge, cdpo, robust, simpo, dpop, "
                    "rpo, apo_zero, nca, sppo_hard, orpo, exo_pair, bco_pair, apo_down, discopop, aot, aot_unpaired, "
-                   "ipo_norm, dpo_norm, rpo_batch) or extend (SFT on y+ and y-)")
+                   "ipo_norm, dpo_norm, rpo_batch) or extend (SFT on y+ and y-); online RL on sampled groups: grpo, dr_grpo, "
+                   "dapo, rloo, gspo, cispo (toykit.group_losses; reward: the synthetic world's judge)")
     phase: str = _f("", "phase label written in metrics rows; default: the loss name")
     optimizer: Literal["sgd", "adamw", "rmsprop"] = _f("adamw", "optimizer (the paper: rmsprop)")
     lr: float = _f(1e-3, "peak learning rate eta")
@@ -122,7 +123,7 @@ class TrainConfig(_ModelData):
     momentum: float = _f(0.0, "momentum of sgd / rmsprop")
     warmup_steps: int = _f(0, "optimizer steps of linear learning-rate warm-up")
     max_grad_norm: float = _f(10.0, "gradient-norm clip (0: no clipping; the paper: 10)")
-    batch_size: int = _f(4, "pairs per forward pass")
+    batch_size: int = _f(4, "pairs per forward pass (group losses: prompts per step)")
     grad_accum: int = _f(1, "forward passes accumulated per optimizer step (effective batch = batch_size x this)")
     epochs: int = _f(1, "passes over the training pairs (honoured, unlike the paper's code)")
     max_examples: int | None = _f(None, "stop once this many training examples were seen, before the epochs end "
@@ -154,6 +155,15 @@ class TrainConfig(_ModelData):
     lora_dropout: float = _f(0.0, "dropout on the LoRA adapter inputs")
     lora_target_modules: str = _f("all-linear", "modules that get adapters: all-linear or comma-separated names "
                                                 "(e.g. q_proj,v_proj; c_attn for GPT-2)")
+    num_generations: int = _f(8, "group losses: completions sampled per prompt, the group size G (TRL's name); "
+                                 "--batch-size prompts per step")
+    max_completion_length: int = _f(16, "group losses: most new tokens per sampled completion (eos included)")
+    temperature: float = _f(1.0, "group losses: sampling temperature of the group sampler (> 0)")
+    num_iterations: int = _f(1, "group losses: optimizer updates per sampled group (TRL's num_iterations; > 1 lets "
+                                "the importance ratio move off 1, where the clip binds)")
+    epsilon: float | None = _f(None, "group losses: lower clip range eps_low (default: the loss's, 0.2)")
+    epsilon_high: float | None = _f(None, "group losses: upper clip range eps_high (default: the loss's; dapo "
+                                          "0.28; for cispo the cap eps_max, 5.0)")
     squeeze_alarm: Literal["off", "warn", "stop", "checkpoint"] = _f(
         "off", "squeeze alarm over the probe curves (llm/alarm.py: y+ falling while the teacher-forced argmax or the "
         "peakiness rises, y- in a valley): off, warn (a warning with the evidence and a squeeze/* metrics row), stop "
@@ -174,10 +184,11 @@ class TrainConfig(_ModelData):
     def __post_init__(self) -> None:
         self._check_common()
         from llm.objective import EXTEND, Objective  # torch: imported once a config is built, not for --help
+        from toykit.group_losses import group_loss_names
         from toykit.losses import check_hparams
 
-        if self.loss not in Objective.known():
-            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(Objective.known())}")
+        if self.loss not in Objective.known() and self.loss not in group_loss_names():
+            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(Objective.known() + group_loss_names())}")
         if self.explain_prompts < 0:
             raise ValueError(f"explain_prompts must be >= 0, got {self.explain_prompts}")
         for name in ("batch_size", "grad_accum", "epochs", "eval_every"):
@@ -203,7 +214,31 @@ class TrainConfig(_ModelData):
         for name, value in self.hparams().items():
             if isinstance(value, bool) or not math.isfinite(value):
                 raise ValueError(f"--{name} must be a finite number, got {value!r}")
-        check_hparams("sft" if self.loss == EXTEND else self.loss, self.hparams())
+        if self.loss in group_loss_names():
+            if min(self.num_generations, self.max_completion_length, self.num_iterations) < 1 or \
+                    self.num_generations < 2 or not (math.isfinite(self.temperature) and self.temperature > 0):
+                raise ValueError(f"group loss {self.loss!r} needs --num-generations >= 2, --max-completion-length "
+                                 f">= 1, --num-iterations >= 1 and a finite --temperature > 0; got "
+                                 f"{self.num_generations}, {self.max_completion_length}, {self.num_iterations}, "
+                                 f"{self.temperature}")
+            self.group_hparams()  # ValueError naming a hyperparameter the group loss refuses
+        else:
+            check_hparams("sft" if self.loss == EXTEND else self.loss, self.hparams())
+
+    def group_hparams(self) -> dict[str, float]:
+        """The group loss's hyperparameters from TRL-named flags (epsilon, epsilon_high, beta), checked."""
+        from toykit.group_losses import check_group_hparams, get_group_loss
+
+        spec = get_group_loss(self.loss)
+        given = {"eps_low": self.epsilon, "eps_max" if "eps_max" in spec.defaults else "eps_high": self.epsilon_high,
+                 "beta": self.beta}
+        merged = {**spec.defaults, **{k: v for k, v in given.items() if v is not None and k in spec.defaults}}
+        unused = [flag for flag, v in (("--epsilon", self.epsilon), ("--beta", self.beta))
+                  if v is not None and {"--epsilon": "eps_low", "--beta": "beta"}[flag] not in spec.defaults]
+        if unused:
+            raise ValueError(f"group loss {self.loss!r} takes no {', '.join(unused)} (its hyperparameters: "
+                             f"{sorted(spec.defaults)})")
+        return check_group_hparams(self.loss, merged)
 
     def hparams(self) -> dict[str, float]:
         """The loss hyperparameters that were set (the registry supplies the others)."""

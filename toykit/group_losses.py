@@ -28,7 +28,8 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["GroupLossSpec", "GROUP_LOSSES", "group_loss_names", "get_group_loss", "compute_group_loss",
+__all__ = ["GroupLossSpec", "GROUP_LOSSES", "group_loss_names", "get_group_loss", "check_group_hparams",
+           "compute_group_loss",
            "compute_group_weights", "clipped_tokens", "group_advantages", "rloo_advantages", "GroupResidual",
            "group_residual"]
 
@@ -315,8 +316,11 @@ def get_group_loss(name: str) -> GroupLossSpec:
     return GROUP_LOSSES[name]
 
 
-def _validated(name: str, logps, old_logps, advantages, mask, ref_logps, hparams) -> tuple[GroupLossSpec, dict]:
-    """Check shapes, dtypes, finiteness and hyperparameters; return the spec and the merged hyperparameters."""
+def check_group_hparams(name: str, hparams: Mapping[str, float]) -> dict[str, float]:
+    """Return the objective's hyperparameters (defaults overridden); refuse unknown names and invalid values.
+
+    Names that a sibling objective declares (e.g. ``eps_max`` for ``grpo``) are dropped, so one config drives any.
+    """
     spec = get_group_loss(name)
     for key in hparams:
         if key not in _RULES:
@@ -327,6 +331,12 @@ def _validated(name: str, logps, old_logps, advantages, mask, ref_logps, hparams
             raise ValueError(f"group loss {name!r}: hyperparameter {key} must be a finite number, got {value!r}")
         if not _RULES[key][0](value):
             raise ValueError(f"group loss {name!r}: hyperparameter {key} must be {_RULES[key][1]}, got {value!r}")
+    return merged
+
+
+def _validated(name: str, logps, old_logps, advantages, mask, ref_logps, hparams) -> tuple[GroupLossSpec, dict]:
+    """Check shapes, dtypes, finiteness and hyperparameters; return the spec and the merged hyperparameters."""
+    spec, merged = get_group_loss(name), check_group_hparams(name, hparams)
     if not isinstance(logps, Tensor) or logps.dim() != 2 or not logps.is_floating_point():
         raise ValueError(f"group loss {name!r}: logps must be a float (B, T) tensor, got "
                          f"{tuple(logps.shape) if isinstance(logps, Tensor) else type(logps).__name__}")
