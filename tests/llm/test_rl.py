@@ -94,7 +94,7 @@ def test_rl_on_the_world_raises_the_mean_reward(tmp_path):
 
     env = world_environment(seed=0)
     common = dict(model="tiny-gpt2", held_out=32, num_probes=8, progress=False, save_model=False,
-                  checkpoint_at_end=False, max_response_tokens=24, max_prompt_tokens=32, batch_size=8)
+                  checkpoint_at_end=False, max_response_tokens=48, max_prompt_tokens=32, batch_size=8)
     sft = train(TrainConfig(loss="sft", out_dir=str(tmp_path / "sft"), epochs=20, lr=3e-3, eval_every=10 ** 6,
                             **common), tokenizer=env.tokenizer, pairs=env.pairs, probes=env.probes)
     tok = sft.tokenizer
@@ -102,14 +102,14 @@ def test_rl_on_the_world_raises_the_mean_reward(tmp_path):
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
 
     def expected_reward(model):  # fixed prompts and sampler seed: the policy's mean judge score
-        comps = sample_groups(model, ids, num_generations=8, max_new_tokens=16, temperature=1.0, seed=123,
+        comps = sample_groups(model, ids, num_generations=8, max_new_tokens=40, temperature=1.0, seed=123,
                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
         texts = [" " + tok.decode(c, skip_special_tokens=True).strip() for c in comps]
         return float(np.mean(env.reward([p for p in prompts for _ in range(8)], texts)))
 
     before = expected_reward(sft.model)
     rl = train_rl(TrainConfig(loss="grpo", out_dir=str(tmp_path / "rl"), lr=1e-3, max_examples=8 * 16,
-                              eval_every=64, num_generations=8, max_completion_length=16, **common),
+                              eval_every=64, num_generations=8, max_completion_length=40, **common),
                   env.reward, model=sft.model, tokenizer=tok, pairs=env.pairs, probes=env.probes)
     after = expected_reward(rl.model)
     assert after > before + 0.2, (before, after)
