@@ -25,8 +25,8 @@ import sys
 import time
 from typing import Any, Callable, Sequence
 
-from toykit.configs import HelpFormatter, add_config_arguments, config_from_dict, config_from_namespace
-from toykit.runs import read_json
+from toykit.configs import (HelpFormatter, add_config_arguments, config_from_dict, config_from_namespace,
+                            read_config_file)
 
 __all__ = ["main", "build_parser", "statistics_table", "COMMANDS"]
 
@@ -91,7 +91,7 @@ def _with_preset(ns: argparse.Namespace):
     from llm.presets import preset_fields
 
     given = {f.name: getattr(ns, f.name) for f in dataclasses.fields(TrainConfig) if getattr(ns, f.name) is not None}
-    from_file = read_json(ns.config) if ns.config else {}
+    from_file = read_config_file(ns.config) if ns.config else {}
     loss = given.get("loss") or from_file.get("loss") or _FIXED.get(ns.command, ("dpo",))[0]
     base = {k: v for k, (v, _) in preset_fields(ns.preset, loss).items()}
     return config_from_dict(TrainConfig, {**base, **from_file, **given}, where=f"--preset {ns.preset}/--config/flags")
@@ -107,13 +107,13 @@ def _fix_loss_help(sub: argparse.ArgumentParser, allowed: tuple[str, ...]) -> No
 
 def _config(parser: argparse.ArgumentParser, ns: argparse.Namespace):
     cls = _config_class(ns.command)
-    if ns.command in ("train", "forecast") and ns.loss is None and not (ns.config and "loss" in read_json(ns.config)):
+    if ns.command in ("train", "forecast") and ns.loss is None and not (ns.config and "loss" in read_config_file(ns.config)):
         from llm.objective import Objective
 
         parser.error("train needs --loss NAME; known: " + ", ".join(Objective.known()))
     if ns.command in _FIXED:
         allowed = _FIXED[ns.command]
-        given = ns.loss or (read_json(ns.config).get("loss") if ns.config else None)
+        given = ns.loss or (read_config_file(ns.config).get("loss") if ns.config else None)
         if given is not None and given not in allowed:
             parser.error(f"{ns.command} takes --loss {' or '.join(allowed)}; use `train --loss {given}`")
         ns.loss = given or allowed[0]

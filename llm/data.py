@@ -112,7 +112,8 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
     """Read a JSONL file into (line number, object) pairs; a malformed line raises ValueError naming file and line."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"data file {path} " + ("is a directory, not a JSONL file" if path.is_dir() else "does not exist"))
+        raise ValueError(f"data file {path} " + ("is a directory, not a JSONL file" if path.is_dir() else
+                                                 "is not a regular file" if path.exists() else "does not exist"))
     records = list(iter_jsonl(path))
     if not records:
         raise ValueError(f"data file {path} holds no records")
@@ -160,6 +161,10 @@ def _pair_from_record(rec: dict[str, Any], fmt: str, where: str) -> PreferencePa
             raise ValueError(f"{where}: message-list format needs non-empty lists in 'chosen' and 'rejected'")
         if chosen[:-1] != rejected[:-1]:
             raise ValueError(f"{where}: chosen and rejected conversations differ before the final message")
+        for key, final in (("chosen", chosen[-1]), ("rejected", rejected[-1])):
+            if not isinstance(final, dict) or final.get("role") != "assistant" or not isinstance(final.get("content"), str):
+                raise ValueError(f"{where}: the final message of {key!r} must be an assistant message "
+                                 f"{{'role': 'assistant', 'content': '...'}} (it is the trained response), got {final!r}"[:300])
         history = chosen[:-1]
         if isinstance(rec.get("prompt"), list):
             history = list(rec["prompt"]) + history

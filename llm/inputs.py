@@ -13,6 +13,7 @@ from llm.chat import pairs_from_chat_records
 from llm.data import (PreferencePair, ProbeSet, load_pairs, load_probe_set, pairs_from_records, probe_set_from_pairs,
                       synthetic_pairs)
 from llm.encoding import TruncationPolicy
+from llm.load_checks import check_model_dir, check_model_fits
 from llm.models import TINY_ARCHS, load_model, resolve_device, resolve_dtype, tiny_model
 from llm.sources import parse_columns, read_records
 from llm.tokenization import check_tokenizer, load_tokenizer, train_bpe_tokenizer
@@ -117,6 +118,8 @@ def build_inputs(cfg, *, model=None, tokenizer=None, pairs=None, probes=None, to
     train_pairs, held_out = pairs[:cut], pairs[cut:]
     if probes is None:
         probes = _probes(cfg, train_pairs, held_out, tokenizer)
+    if model is None and not cfg.model.startswith(_TINY):
+        check_model_dir(cfg.model)  # before any tokenizer work: "did you mean RUN/model?"
     if tokenizer is None:
         if tokenizer_dir is not None and Path(tokenizer_dir).is_dir():
             tokenizer = load_tokenizer(str(tokenizer_dir))
@@ -125,11 +128,12 @@ def build_inputs(cfg, *, model=None, tokenizer=None, pairs=None, probes=None, to
         elif cfg.model.startswith(_TINY):
             tokenizer = train_bpe_tokenizer(_texts(train_pairs, probes), vocab_size=cfg.tiny_vocab_size)
         elif model is None:
-            tokenizer = load_tokenizer(cfg.model)
+            tokenizer = load_tokenizer(cfg.model, flag="--model")
         else:
             raise ValueError("a model was passed without a tokenizer; pass tokenizer= or set cfg.tokenizer")
     tokenizer = check_tokenizer(tokenizer)
     device = resolve_device(cfg.device)
+    loaded = model is None and not cfg.model.startswith(_TINY)
     if model is None:
         if cfg.model.startswith(_TINY):
             arch = cfg.model[len(_TINY):]
@@ -146,4 +150,5 @@ def build_inputs(cfg, *, model=None, tokenizer=None, pairs=None, probes=None, to
             model = load_model(cfg.model, dtype=cfg.dtype, device=str(device))
     elif next(model.parameters()).dtype != resolve_dtype(cfg.dtype):
         raise ValueError(f"the passed model is {next(model.parameters()).dtype} but cfg.dtype is {cfg.dtype!r}")
+    check_model_fits(model, tokenizer, cfg, loaded=loaded)
     return RunInputs(model.to(device), tokenizer, train_pairs, held_out, probes, truncation_policy(cfg))

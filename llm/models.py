@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 
 import torch
+from safetensors import SafetensorError
 from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, PretrainedConfig,
                           PreTrainedModel, Qwen2Config)
 
 from llm.tokenization import run_dir_hint
+from llm.load_checks import check_loading_info, check_model_dir
 
 __all__ = ["TINY_ARCHS", "tiny_config", "tiny_model", "load_model", "resolve_dtype", "resolve_device"]
 
@@ -106,8 +108,11 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32", devic
     kwargs = {"dtype": resolve_dtype(dtype)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
+    check_model_dir(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
-    except OSError as err:
-        raise ValueError(f"cannot load a causal LM from {name_or_path!r}: {err}") from None
+        model, info = AutoModelForCausalLM.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"cannot load a causal LM from {name_or_path!r}: {first}") from None
+    check_loading_info(info, name_or_path)
     return model.to(resolve_device(device))

@@ -68,7 +68,7 @@ def list_run_dirs(folder: str | Path, llm_only: bool = False) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"run folder {folder} does not exist or is not a directory")
-    found = sorted({p.parent for p in folder.rglob("metrics.jsonl")})
+    found = sorted({p.parent for p in folder.rglob("metrics.jsonl") if p.is_file()})
     return [d for d in found if is_llm_run(d)] if llm_only else found
 
 
@@ -106,10 +106,14 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 
 
 def _read_json_file(path: Path) -> Any:
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file")
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
 
 
 def _number(value: Any, where: str) -> float:
@@ -117,17 +121,27 @@ def _number(value: Any, where: str) -> float:
         return math.nan
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{where}: expected a number, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an integer like 10**400: beyond float64, shown as +-inf
+        return math.inf if value > 0 else -math.inf
+
+
+def _count(value: Any, where: str) -> int:
+    number = _number(value, where)
+    if not math.isfinite(number) or not number.is_integer() or number < 0:
+        raise ValueError(f"{where}: expected a whole number >= 0, got {value!r}")
+    return int(number)
 
 
 def _tidy_rows_of(row: dict[str, Any], where: str) -> list[dict[str, Any]]:
     """Turn one metrics.jsonl object into tidy rows (a tidy row stays one row; a TRL-style row is melted)."""
     if "step" not in row:
         raise ValueError(f"{where}: row has no 'step' (keys: {sorted(row)})")
-    step = int(_number(row["step"], f"{where}: step"))
+    step = _count(row["step"], f"{where}: step")
     examples = row.get("examples_seen", step)
     base = {"phase": str(row.get("phase", "")), "step": step,
-            "examples_seen": int(_number(examples, f"{where}: examples_seen"))}
+            "examples_seen": _count(examples, f"{where}: examples_seen")}
     if "value" in row:
         statistic = row.get("statistic", row.get("metric"))
         if statistic is None:
@@ -155,9 +169,11 @@ def read_run_metrics(run_dir: str | Path, run: str | None = None) -> pd.DataFram
         path = path / "metrics.jsonl"
     if not path.exists():
         raise ValueError(f"{path} does not exist: is {path.parent} a run directory?")
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file: is {path.parent} a run directory?")
     label = run if run is not None else path.parent.name
     rows: list[dict[str, Any]] = []
-    for lineno, obj in iter_jsonl(path):
+    for lineno, obj in iter_jsonl(path, skip_cut_last_line=True):  # a killed run's last row may be cut
         rows.extend(_tidy_rows_of(obj, f"{path}:{lineno}"))
     if not rows:
         raise ValueError(f"{path} holds no metric rows")
@@ -274,8 +290,7 @@ def read_claims(run_dir: str | Path) -> pd.DataFrame:
     for flag in ("passed", "holds", "pass"):
         if flag in table.columns:
             verdicts = table.pop(flag)  # None / NaN = not measured, kept apart from a failure
-            table["passed"] = [None if v is None or (isinstance(v, float) and math.isnan(v)) else bool(v)
-                               for v in verdicts]
+            table["passed"] = [_verdict(v, f"{path}: claim {i}: {flag}") for i, v in enumerate(verdicts)]
             break
     if "name" not in table.columns:
         for alt in ("claim", "id", "key"):
@@ -284,6 +299,23 @@ def read_claims(run_dir: str | Path) -> pd.DataFrame:
                 break
     first = [c for c in ("name", "passed") if c in table.columns]
     return table[first + [c for c in table.columns if c not in first]]
+
+
+_VERDICTS = {"true": True, "false": False, "yes": True, "no": False, "pass": True, "fail": False, "passed": True,
+             "failed": False, "held": True, "null": None, "none": None, "": None}
+
+
+def _verdict(value: Any, where: str) -> bool | None:
+    """A claim's verdict: True, False, or None (not measured); strings like "false" are read, not truthy."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _VERDICTS:
+        return _VERDICTS[value.strip().lower()]
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{where}: expected true, false or null, got {value!r}")
 
 
 def read_report(run_dir: str | Path) -> str | None:

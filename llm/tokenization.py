@@ -13,6 +13,8 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from llm.load_checks import check_tokenizer_dir
+
 __all__ = ["PAD_TOKEN", "EOS_TOKEN", "UNK_TOKEN", "train_bpe_tokenizer", "build_word_tokenizer", "load_tokenizer",
            "check_tokenizer"]
 
@@ -94,14 +96,22 @@ def run_dir_hint(name_or_path: str) -> str:
     return ""
 
 
-def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
-    """Load a tokenizer from a local directory (or a hub id) and check its pad/eos tokens."""
+def load_tokenizer(name_or_path: str, flag: str = "--tokenizer") -> PreTrainedTokenizerBase:
+    """Load a tokenizer from a local directory (or a hub id) and check its files and pad/eos tokens.
+
+    Args:
+        flag: the option that named the folder, for messages (``--model`` when the model's own tokenizer is used).
+    """
     hint = run_dir_hint(name_or_path)
     if hint:
         raise ValueError(f"cannot load a tokenizer from {name_or_path!r}{hint}")
+    check_tokenizer_dir(name_or_path, flag)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as err:
-        raise ValueError(f"cannot load a tokenizer from {name_or_path!r}: not a local tokenizer directory, and "
-                         f"no hub id reachable offline ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    except Exception as err:  # noqa: BLE001 - the tokenizers library raises plain Exception for a corrupt file
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        where = ("its tokenizer files are unreadable" if Path(name_or_path).is_dir() else
+                 "not a local tokenizer directory, and no hub id reachable offline")
+        raise ValueError(f"{flag} {name_or_path}: cannot load a tokenizer: {where} ({type(err).__name__}: "
+                         f"{first})") from None
     return check_tokenizer(tokenizer)

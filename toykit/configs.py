@@ -18,8 +18,8 @@ from typing import Any, Sequence, TypeVar
 
 C = TypeVar("C")
 
-__all__ = ["parse_config", "config_to_dict", "config_from_dict", "load_config", "add_config_arguments",
-           "HelpFormatter"]
+__all__ = ["parse_config", "config_to_dict", "config_from_dict", "load_config", "read_config_file",
+           "add_config_arguments", "HelpFormatter"]
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -110,33 +110,84 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def config_from_dict(cls: type[C], data: dict[str, Any], where: str = "config") -> C:
-    """Build ``cls`` from a dict, refusing unknown keys with a message that lists the known ones."""
+def config_from_dict(cls: type[C], data: dict[str, Any], where: str = "config",
+                     names: dict[str, str] | None = None) -> C:
+    """Build ``cls`` from a dict, refusing unknown keys with a message that lists the known ones.
+
+    Args:
+        where: what the dict came from, for messages (``{where}.{field}``).
+        names: how to call a field in messages instead (``--seed`` for a flag, ``file.json: seed`` for a file).
+    """
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(data).__name__}")
     hints = _field_types(cls)
-    names = [f.name for f in dataclasses.fields(cls) if f.init]
-    unknown = sorted(set(data) - set(names))
+    names = names or {}
+    known = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown}; known fields: {names}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+        raise ValueError(f"{where}: unknown field(s) {unknown}; known fields: {known}")
+    kwargs = {k: _coerce(v, hints[k], names.get(k, f"{where}.{k}")) for k, v in data.items()}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k, v in kwargs.items():
+        _check_bounds(fields[k], v, names.get(k, f"{where}.{k}"))
     return cls(**kwargs)
 
 
-def load_config(cls: type[C], path: str | Path) -> C:
-    """Read a JSON config file into ``cls``; errors name the file."""
+#: the bound of every integer field without its own ``metadata["max"]``: no config size may overflow int64 math.
+INT_LIMIT = 2 ** 31 - 1
+#: seeds are used by numpy, torch and the stdlib alike; all of them take [0, 2**32).
+SEED_LIMIT = 2 ** 32
+
+
+def _check_bounds(f: dataclasses.Field, value: Any, where: str) -> None:
+    """Refuse an integer (or each integer of a tuple) outside its bound: [0, 2**32) for seeds, ``metadata["max"]``
+    (sizes whose cost grows with them), else |value| <= INT_LIMIT."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if not isinstance(item, int) or isinstance(item, bool):
+            continue
+        if f.name == "seed" or f.name.endswith("_seed"):
+            if not 0 <= item < SEED_LIMIT:
+                raise ValueError(f"{where}: a seed must be an integer in [0, 2**32), got {item}")
+        elif "max" in f.metadata and item > f.metadata["max"]:
+            raise ValueError(f"{where}: must be <= {f.metadata['max']} (a size bound), got {item}")
+        elif abs(item) > INT_LIMIT:
+            raise ValueError(f"{where}: must lie within +-{INT_LIMIT}, got {item}")
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON config file (a UTF-8 byte-order mark is skipped); every failure names the file."""
     path = Path(path)
     try:
-        data = json.loads(path.read_text())
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ValueError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"config file {path} is a directory; give a JSON file") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"config file {path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                         f"{err.start})") from None
+    except OSError as err:
+        raise ValueError(f"config file {path}: cannot read it ({err.strerror})") from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"config file {path}: invalid JSON at line {err.lineno}, column {err.colno}: {err.msg}") from None
-    return config_from_dict(cls, data, where=str(path))
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path}: expected a JSON object of fields, got {type(data).__name__}")
+    return data
+
+
+def load_config(cls: type[C], path: str | Path) -> C:
+    """Read a JSON config file into ``cls``; errors name the file (and the field)."""
+    data = read_config_file(path)
+    return config_from_dict(cls, data, where=str(path), names={k: f"{path}: {k}" for k in data})
 
 
 def _help(f: dataclasses.Field) -> str:
     text = f.metadata.get("help", "")
+    if "max" in f.metadata:
+        text = f"{text}; at most {f.metadata['max']}"
     if f.default is not dataclasses.MISSING:
         default = f.default
     elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
@@ -164,19 +215,26 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             metavar = "{" + ",".join(choices) + "}"  # the choices show in the usage line and the option list
         elif hints[f.name] is bool:
             metavar = "{true,false}"
-        parser.add_argument(flag, dest=f.name, default=None, metavar=metavar, choices=choices, help=_help(f))
+        extra: dict[str, Any] = {}
+        if hints[f.name] is bool:  # a bare --resume means --resume true
+            extra = dict(nargs="?", const="true")
+        parser.add_argument(flag, dest=f.name, default=None, metavar=metavar, choices=choices, help=_help(f),
+                            **extra)
 
 
 def config_from_namespace(cls: type[C], ns: argparse.Namespace) -> C:
-    """Merge ``--config FILE`` and explicit flags into a validated ``cls`` instance."""
+    """Merge ``--config FILE`` and explicit flags into a validated ``cls`` instance; messages name the flag or file."""
     base: dict[str, Any] = {}
+    names: dict[str, str] = {}
     if getattr(ns, "config", None):
         base = config_to_dict(load_config(cls, ns.config))
+        names = {k: f"{ns.config}: {k}" for k in base}
     for f in dataclasses.fields(cls):
         value = getattr(ns, f.name, None)
         if value is not None:
             base[f.name] = value
-    return config_from_dict(cls, base, where="--config/flags")
+            names[f.name] = "--" + f.name.replace("_", "-")
+    return config_from_dict(cls, base, where="--config/flags", names=names)
 
 
 def parse_config(cls: type[C], argv: Sequence[str] | None = None, prog: str | None = None,

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Iterator
 from toykit.configs import config_to_dict
 
 __all__ = ["create_run_dir", "write_json", "read_json", "env_info", "MetricsWriter", "read_metrics", "iter_jsonl",
-           "json_safe", "atomic_path", "check_run_dir", "check_run_name", "write_env"]
+           "json_safe", "atomic_path", "check_run_dir", "check_run_name", "write_env", "new_run_dir", "discard_run_dir", "within_roots"]
 
 DEFAULT_RUNS_ROOT = Path("runs")
 
@@ -211,6 +211,7 @@ def create_run_dir(cfg: Any, name: str, out_dir: str | Path | None = None, root:
         out_dir: an explicit directory; it must not already hold a run (refused, never overwritten).
     """
     check_run_name(name)
+    check_run_dir(out_dir)  # before Path(''): it would be '.', the current directory
     if out_dir is None:
         check_run_dir(root, resume=True, flag="runs root")
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -225,6 +226,56 @@ def create_run_dir(cfg: Any, name: str, out_dir: str | Path | None = None, root:
     write_json(out_dir / "config.json", config_to_dict(cfg) if not isinstance(cfg, dict) else cfg)
     write_env(out_dir, env_extra)
     return out_dir
+
+
+def within_roots(path: str | Path, roots: Iterable[str | Path]) -> bool:
+    """Whether ``path`` lies in (or is) one of ``roots`` once symlinks and ``..`` are resolved."""
+    full = Path(os.path.realpath(Path(path).expanduser()))
+    for root in roots:
+        real = Path(os.path.realpath(Path(root).expanduser()))
+        if full == real or real in full.parents:
+            return True
+    return False
+
+
+def discard_run_dir(run_dir: str | Path) -> None:
+    """Remove a run directory that holds nothing but what ``create_run_dir`` wrote (a run refused at its inputs).
+
+    A refused input must leave nothing behind; a directory with any other file (a run's output) is kept.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    if {p.name for p in run_dir.iterdir()} <= {"config.json", "env.json", ".config.json.tmp", ".env.json.tmp"}:
+        shutil.rmtree(run_dir)
+
+
+@contextlib.contextmanager
+def new_run_dir(cfg: Any, name: str, out_dir: str | Path | None = None, root: str | Path = DEFAULT_RUNS_ROOT,
+                env_extra: dict[str, Any] | None = None) -> Iterator[Path]:
+    """``create_run_dir`` for a block that may refuse its inputs: on ValueError the new folder is removed again.
+
+    Used where an input can only be checked by starting the work (e.g. reading a data folder inside ``run(cfg)``);
+    folders created on the way (a missing runs root) are removed too when they are left empty.
+    """
+    check_run_dir(out_dir)
+    target = Path(out_dir) if out_dir is not None else Path(root)
+    first_new = None
+    probe = Path(os.path.abspath(target))
+    while not probe.exists():
+        first_new, probe = probe, probe.parent
+    run_dir = create_run_dir(cfg, name, out_dir=out_dir, root=root, env_extra=env_extra)
+    try:
+        yield run_dir
+    except ValueError:
+        discard_run_dir(run_dir)
+        if first_new is not None:
+            for folder in [Path(os.path.abspath(run_dir)), *Path(os.path.abspath(run_dir)).parents]:
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+                if folder == first_new:
+                    break
+        raise
 
 
 def write_env(run_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:

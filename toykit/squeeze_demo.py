@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from toykit.configs import HelpFormatter, add_config_arguments, config_from_namespace
-from toykit.runs import create_run_dir, write_json
+from toykit.runs import new_run_dir, write_json
 from toykit.squeeze import positive_contrast, positive_step, rise_threshold, squeeze_claims, squeeze_step
 
 __all__ = ["SqueezeDemoConfig", "PanelResult", "SqueezeDemoResult", "run", "save", "plot", "execute", "main"]
@@ -49,8 +49,8 @@ class SqueezeDemoConfig:
     """Panels A-E of the squeezing-effect notebook (Ren & Sutherland, ICLR 2025, Appendix C)."""
 
     seed: int = field(default=10086, metadata={"help": "seed of the legacy numpy RandomState (the notebook's)"})
-    num_classes: int = field(default=50, metadata={"help": "V, number of classes in panels A-D"})
-    feature_dim: int = field(default=4, metadata={"help": "dimension of the single input x in panels A-D"})
+    num_classes: int = field(default=50, metadata={"max": 100_000, "help": "V, number of classes in panels A-D"})
+    feature_dim: int = field(default=4, metadata={"max": 10_000, "help": "dimension of the single input x in panels A-D"})
     flat_noise: float = field(default=0.05, metadata={"help": "std of the noise on the all-ones W of panel B"})
     peaky_labels: tuple[int, ...] = field(default=(5, 6, 7, 8, 9, 10, 11, 12),
                                           metadata={"help": "multi-hot target labels that make the peaky W"})
@@ -66,12 +66,12 @@ class SqueezeDemoConfig:
     lr_d: float = field(default=0.5, metadata={"help": "panel D: eta of the negative step"})
     lr_d_plus: float = field(default=0.0, metadata={
         "help": "panel D: eta of a simultaneous positive step on label_d_plus (0 = the notebook code's panel D)"})
-    large_num_classes: int = field(default=1000, metadata={"help": "panel E: V"})
-    large_feature_dim: int = field(default=50, metadata={"help": "panel E: dimension of x"})
+    large_num_classes: int = field(default=1000, metadata={"max": 1_000_000, "help": "panel E: V"})
+    large_feature_dim: int = field(default=50, metadata={"max": 10_000, "help": "panel E: dimension of x"})
     large_weight_scale: float = field(default=0.5, metadata={"help": "panel E: std of the random W"})
     label_e: int = field(default=100, metadata={"help": "panel E: label ybar pushed down"})
     lr_e: float = field(default=1.0, metadata={"help": "panel E: eta of the negative step"})
-    dpi: int = field(default=110, metadata={"help": "resolution of squeeze.png"})
+    dpi: int = field(default=110, metadata={"max": 600, "help": "resolution of squeeze.png"})
 
     def __post_init__(self) -> None:
         for name, least in (("num_classes", 2), ("large_num_classes", 2), ("feature_dim", 1),
@@ -344,8 +344,8 @@ def plot(result: SqueezeDemoResult, dpi: int = 110):
 
 def execute(cfg: SqueezeDemoConfig, out_dir: str | Path | None = None) -> Path:
     """Run the panels and write a run directory (config.json first); return its path."""
-    run_dir = create_run_dir(cfg, NAME, out_dir)
-    result = run(cfg)
+    with new_run_dir(cfg, NAME, out_dir) as run_dir:  # a refused input leaves no folder
+        result = run(cfg)
     save(result, run_dir, dpi=cfg.dpi)
     return run_dir
 
@@ -365,7 +365,7 @@ def run_from_namespace(ns: argparse.Namespace, parser: argparse.ArgumentParser) 
         parser.error(str(err))
     try:
         run_dir = execute(cfg, ns.out_dir)
-    except FileExistsError as err:
+    except (FileExistsError, ValueError) as err:
         parser.error(str(err))
     print(run_dir)
     return run_dir

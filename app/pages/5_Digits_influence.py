@@ -5,6 +5,7 @@ import io
 import pandas as pd
 import streamlit as st
 
+from app.paths import resolve_under_roots
 from toykit.experiments import digits_influence
 
 st.set_page_config(page_title="Digits influence", layout="wide")
@@ -47,7 +48,8 @@ with st.sidebar:
                              help="A local folder with the standard MNIST IDX files; nothing is downloaded.")
 
 try:
-    summary, figure = _run(model, steps, eta, num_train, int(seed), data_dir.strip())
+    folder = str(resolve_under_roots(data_dir, "MNIST folder")) if data_dir.strip() else ""
+    summary, figure = _run(model, steps, eta, num_train, int(seed), folder)
 except (ValueError, OSError) as err:
     st.error(f"Cannot run this setting: {err}")
     st.stop()

@@ -5,6 +5,7 @@ from pathlib import Path
 import streamlit as st
 
 from app.charts import PROBE_LABELS, line_chart
+from app.paths import resolve_under_roots
 from llm import runs
 
 st.set_page_config(page_title="LLM runs", layout="wide")
@@ -55,7 +56,7 @@ with st.sidebar:
 table = chosen = curves = None
 reduction, probes = "summed", []
 try:
-    found = _run_dirs(folder, str(Path.cwd()))
+    found = _run_dirs(str(resolve_under_roots(folder, "run folder")), str(Path.cwd()))
 except ValueError as err:
     st.error(f"{err}. Type another folder in the sidebar (`results` holds the committed validations), or make a run "
              f"with `python -m llm sft` (seconds) or `python -m llm validate --preset cpu` (minutes).")
@@ -157,7 +158,7 @@ paper_eval_every = st.select_slider("Training examples per evaluation of that ru
 source = paper_path.strip() or (picked if picked != "(none)" else "")
 if source:
     try:
-        paper, segments = _paper(source, paper_eval_every)
+        paper, segments = _paper(str(resolve_under_roots(source, "paper metrics file")), paper_eval_every)
     except ValueError as err:
         st.error(f"Cannot read the paper's metrics: {err}")
         st.stop()

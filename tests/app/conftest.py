@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
+from app.paths import ROOTS_ENV
 from tests.app.harness import write_tidy_run
+
+
+@pytest.fixture(autouse=True)
+def _app_reads_the_test_folder(tmp_path, monkeypatch):
+    """Let the pages read this test's folder: the app refuses paths outside its roots (app/paths.py)."""
+    monkeypatch.setenv(ROOTS_ENV, str(tmp_path))
 
 
 @pytest.fixture

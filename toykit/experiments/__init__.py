@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from toykit.runs import DEFAULT_RUNS_ROOT, create_run_dir
+from toykit.runs import DEFAULT_RUNS_ROOT, new_run_dir
 
 __all__ = ["registry", "experiment_names", "get_experiment", "run_experiment", "REQUIRED_ATTRIBUTES"]
 
@@ -102,7 +102,7 @@ def run_experiment(name: str, cfg: Any = None, out_dir: str | Path | None = None
         cfg = module.Config()
     if not isinstance(cfg, module.Config):
         raise ValueError(f"experiment {name!r} expects a {module.__name__}.Config, got {type(cfg).__name__}")
-    run_dir = create_run_dir(cfg, name, out_dir=out_dir, root=root)
-    result = module.run(cfg)
+    with new_run_dir(cfg, name, out_dir=out_dir, root=root) as run_dir:  # a refused input leaves no folder
+        result = module.run(cfg)
     module.save(result, run_dir)
     return result, run_dir

@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with reporting(reporter):
             result, run_dir = run_experiment(name, cfg, out_dir=ns._out_dir, root=ns._root)
-    except FileExistsError as err:
+    except (FileExistsError, ValueError) as err:  # a refused run folder or input: one line, nothing left behind
         parser.error(str(err))
     wall = time.perf_counter() - start
     print(f"{name}: finished in {wall:.1f} s; run directory: {run_dir}")

@@ -20,6 +20,7 @@ References: Ren & Sutherland (2025), Proposition 1 and Figure 1.
 from __future__ import annotations
 
 import gzip
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -85,7 +86,7 @@ def _find_idx(folder: Path, stem: str) -> Path:
         for suffix in ("", ".gz"):
             if (folder / (name + suffix)).is_file():
                 return folder / (name + suffix)
-    raise ValueError(f"MNIST folder {folder}: no {stem}-ubyte[.gz] file (found {sorted(p.name for p in folder.iterdir())})")
+    raise ValueError(f"--data-dir {folder}: no {kind}-{part}-{idx}-ubyte file (plain or .gz) in this folder")
 
 
 def load_images(data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -140,15 +141,15 @@ class Config:
         "help": "folder with MNIST IDX files (train-images-idx3-ubyte, train-labels-idx1-ubyte, plain or .gz); "
                 "empty uses scikit-learn's bundled 8x8 digits"})
     models: tuple[str, ...] = field(default=MODEL_KINDS, metadata={"help": f"models to train, from {MODEL_KINDS}"})
-    num_train: int = field(default=300, metadata={"help": "training images (a random subset)"})
-    probes_per_class: int = field(default=5, metadata={"help": "held-out probe images x_o per class"})
-    steps: int = field(default=200, metadata={"help": "SGD steps, one training image x_u per step"})
+    num_train: int = field(default=300, metadata={"max": 70_000, "help": "training images (a random subset)"})
+    probes_per_class: int = field(default=5, metadata={"max": 1_000, "help": "held-out probe images x_o per class"})
+    steps: int = field(default=200, metadata={"max": 100_000, "help": "SGD steps, one training image x_u per step"})
     eta: float = field(default=0.1, metadata={"help": "SGD learning rate eta (Proposition 1 holds to O(eta^2))"})
-    hidden: int = field(default=64, metadata={"help": "hidden width of the MLP"})
-    channels: int = field(default=8, metadata={"help": "feature maps per conv layer of the conv net"})
+    hidden: int = field(default=64, metadata={"max": 4_096, "help": "hidden width of the MLP"})
+    channels: int = field(default=8, metadata={"max": 256, "help": "feature maps per conv layer of the conv net"})
     dtype: Literal["float64", "float32"] = field(default="float32", metadata={
         "help": "torch dtype of the models and the eNTK"})
-    top_pairs: int = field(default=6, metadata={"help": "class pairs listed in the summary as most/least coupled"})
+    top_pairs: int = field(default=6, metadata={"max": 100, "help": "class pairs listed in the summary as most/least coupled"})
     seed: int = field(default=0, metadata={"help": "seed of the data split, the example order and the weights"})
 
     def __post_init__(self) -> None:
@@ -214,6 +215,10 @@ def _class_map(delta: torch.Tensor, probe_labels: torch.Tensor) -> torch.Tensor:
     return sums / counts
 
 
+#: a loss this large (pi(y_u | x_u) < e^-115, fifty times the uniform guess's log 10) means SGD diverged.
+_DIVERGED_LOSS = 50 * math.log(10)
+
+
 def _train_and_measure(model: torch.nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_probe: torch.Tensor,
                        y_probe: torch.Tensor, order: np.ndarray, eta: float, phase: str = "") -> dict[str, np.ndarray]:
     """Run SGD one example per step, recording measured and -eta A K G predicted Delta log pi on the probes."""
@@ -247,6 +252,9 @@ def _train_and_measure(model: torch.nn.Module, x_train: torch.Tensor, y_train: t
         for kind, delta in (("measured", measured), ("predicted", predicted)):
             maps[f"{kind}_pull"][c_u] += _class_map(delta[:, c_u], y_probe)
             maps[f"{kind}_true"][c_u] += _class_map(delta[probe_rows, y_probe], y_probe)
+        if not math.isfinite(float(loss)) or float(loss) > _DIVERGED_LOSS:
+            raise ValueError(f"--eta {eta}: SGD diverged at step {len(losses) + 1} (loss -log pi(y_u | x_u) = "
+                             f"{float(loss):.3g} nats); lower --eta")
         step_pearson.append(pearson(predicted.detach().numpy(), measured.numpy()))
         losses.append(float(loss.detach()))
     report(phase, len(order), len(order))

@@ -87,18 +87,18 @@ class Config:
                 "False: two tokens, the second predicted at a context set by the first (as in an LLM)"})
     rho: float = field(default=0.3, metadata={
         "help": "cosine between the prompt context and every continuation context (0 = independent softmaxes)"})
-    num_attributes: int = field(default=2, metadata={"help": "attributes per token (V = values ** attributes)"})
-    values_per_attribute: int = field(default=6, metadata={"help": "values of each attribute"})
-    noise_dim: int = field(default=4, metadata={"help": "extra random feature dimensions per token"})
+    num_attributes: int = field(default=2, metadata={"max": 100, "help": "attributes per token (V = values ** attributes)"})
+    values_per_attribute: int = field(default=6, metadata={"max": 1_000, "help": "values of each attribute"})
+    noise_dim: int = field(default=4, metadata={"max": 10_000, "help": "extra random feature dimensions per token"})
     noise_scale: float = field(default=0.5, metadata={"help": "scale of the random features"})
     peakiness: float = field(default=2.0, metadata={"help": "scale of the initial M: larger = peakier pi"})
-    chosen_rank: int = field(default=3, metadata={
+    chosen_rank: int = field(default=3, metadata={"max": 100_000, 
         "help": "rank (0 = argmax) of each token of the dataset's y+ at its context under the initial pi"})
     valley_quantile: float = field(default=0.9, metadata={
         "help": "each token of the off-policy y- is the one at this quantile of its context's initial ranking "
                 "(1 = least likely)"})
     eta: float = field(default=0.5, metadata={"help": "SGD learning rate eta"})
-    steps: int = field(default=10, metadata={"help": "SGD steps per algorithm (G is drawn at the first)"})
+    steps: int = field(default=10, metadata={"max": 1_000_000, "help": "SGD steps per algorithm (G is drawn at the first)"})
     beta: float = field(default=0.5, metadata={
         "help": "inverse temperature beta of the losses that have one (0.5 keeps IPO/SPPO weights 2(1/(2 beta) - h) "
                 "comparable to DPO)"})

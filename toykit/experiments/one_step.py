@@ -34,10 +34,10 @@ class Config:
     """One SGD step on a toy model, decomposed."""
 
     model: Literal["linear", "mlp"] = field(default="mlp", metadata={"help": "linear softmax z = W x, or a tanh MLP"})
-    num_classes: int = field(default=6, metadata={"help": "V, the number of classes"})
-    in_dim: int = field(default=8, metadata={"help": "input dimension"})
-    hidden: int = field(default=16, metadata={"help": "hidden width of the MLP"})
-    num_observed: int = field(default=4, metadata={"help": "N_o observed inputs; x_o[0] is x_u itself"})
+    num_classes: int = field(default=6, metadata={"max": 10_000, "help": "V, the number of classes"})
+    in_dim: int = field(default=8, metadata={"max": 10_000, "help": "input dimension"})
+    hidden: int = field(default=16, metadata={"max": 10_000, "help": "hidden width of the MLP"})
+    num_observed: int = field(default=4, metadata={"max": 10_000, "help": "N_o observed inputs; x_o[0] is x_u itself"})
     loss: str = field(default="sft", metadata={"help": "loss name from toykit.losses (sft, dpo, ipo, ...)"})
     y_u: int = field(default=0, metadata={"help": "chosen label at x_u"})
     y_rejected: int = field(default=-1, metadata={
@@ -46,7 +46,7 @@ class Config:
     beta: float = field(default=0.1, metadata={"help": "beta of losses that have one (DPO family)"})
     eta_min: float = field(default=1e-3, metadata={"help": "smallest eta of the sweep"})
     eta_max: float = field(default=0.5, metadata={"help": "largest eta of the sweep"})
-    num_etas: int = field(default=7, metadata={"help": "learning rates in the sweep (log-spaced)"})
+    num_etas: int = field(default=7, metadata={"max": 1_000, "help": "learning rates in the sweep (log-spaced)"})
     seed: int = field(default=0, metadata={"help": "seed of the weights and inputs"})
 
     def __post_init__(self) -> None:

@@ -44,13 +44,13 @@ class Config:
     rejected_quantiles: tuple[float, ...] = field(default=(0.0, 0.25, 0.5, 0.75, 1.0), metadata={
         "help": "rank of y- among the labels other than y+, as a quantile: 0 = the peak, 1 = the deepest valley"})
     etas: tuple[float, ...] = field(default=(0.1, 0.3, 1.0), metadata={"help": "learning rates eta (||x|| = 1)"})
-    vocab_sizes: tuple[int, ...] = field(default=(10, 50), metadata={"help": "vocabulary sizes V"})
-    chosen_rank: int = field(default=2, metadata={"help": "start rank of y+ (0 = the most likely label)"})
+    vocab_sizes: tuple[int, ...] = field(default=(10, 50), metadata={"max": 100_000, "help": "vocabulary sizes V"})
+    chosen_rank: int = field(default=2, metadata={"max": 100_000, "help": "start rank of y+ (0 = the most likely label)"})
     rho: float = field(default=0.9, metadata={"help": "cosine of x+ and x-: K(x+, x-) = rho I_V (1 = one softmax)"})
-    chosen_length: int = field(default=1, metadata={"help": "|y+|, tokens of the chosen response"})
-    rejected_length: int = field(default=4, metadata={"help": "|y-|, tokens of the rejected response"})
+    chosen_length: int = field(default=1, metadata={"max": 10_000, "help": "|y+|, tokens of the chosen response"})
+    rejected_length: int = field(default=4, metadata={"max": 10_000, "help": "|y-|, tokens of the rejected response"})
     beta: float = field(default=0.1, metadata={"help": "beta of the preference losses (DPO's inverse temperature)"})
-    steps: int = field(default=300, metadata={"help": "T, SGD steps per scenario"})
+    steps: int = field(default=300, metadata={"max": 1_000_000, "help": "T, SGD steps per scenario"})
     fall_tol: float = field(default=1e-3, metadata={
         "help": "y+ 'fell' when log pi_T(y+|x+) < log pi_0(y+|x+) - fall_tol (nats per token)"})
     seed: int = field(default=0, metadata={"help": "seed of the on-policy draws"})

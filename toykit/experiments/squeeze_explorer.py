@@ -33,7 +33,7 @@ LABEL_WORDS = ("peak", "valley", "none")
 class Config:
     """One squeezing scenario on a linear softmax with a single fixed input."""
 
-    num_classes: int = field(default=50, metadata={"help": "V, the number of labels"})
+    num_classes: int = field(default=50, metadata={"max": 100_000, "help": "V, the number of labels"})
     start: Literal["temperature", "uniform", "peaky"] = field(default="temperature", metadata={
         "help": "start distribution: Softmax(g / T) with g ~ N(0, I) ('temperature'), 1/V ('uniform'), or the paper "
                 "notebook's peaky pi (one GD step from a random W toward a multi-hot target on 8 labels)"})
@@ -44,7 +44,7 @@ class Config:
     positive: str = field(default="none", metadata={
         "help": "label y+ that gets the positive gradient at the same step: 'peak', 'valley', an index, or 'none'"})
     eta: float = field(default=1.0, metadata={"help": "step size c = eta ||x||^2 of each step (||x|| = 1)"})
-    steps: int = field(default=1, metadata={"help": "number of steps with the same labels"})
+    steps: int = field(default=1, metadata={"max": 10_000, "help": "number of steps with the same labels"})
     seed: int = field(default=0, metadata={"help": "seed of the start distribution"})
 
     def __post_init__(self) -> None:

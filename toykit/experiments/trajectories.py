@@ -38,19 +38,19 @@ class Config:
         default=("sft", "dpo", "ipo", "dpop", "rpo", "simpo", "slic", "dpo@on_policy"),
         metadata={"help": "registry losses (toykit.losses), each optionally '<loss>@on_policy' (y- sampled from the "
                           "current policy at x- every step)"})
-    vocab: int = field(default=50, metadata={"help": "V, the number of labels of each softmax"})
+    vocab: int = field(default=50, metadata={"max": 100_000, "help": "V, the number of labels of each softmax"})
     flat_peakiness: float = field(default=0.5, metadata={
         "help": "Zipf exponent s of the 'flat' start, pi_i proportional to (i+1)^-s (0 = uniform)"})
     peaky_peakiness: float = field(default=2.5, metadata={"help": "Zipf exponent s of the 'peaky' start"})
-    chosen_rank: int = field(default=2, metadata={"help": "start rank of y+ (0 = the most likely label)"})
+    chosen_rank: int = field(default=2, metadata={"max": 100_000, "help": "start rank of y+ (0 = the most likely label)"})
     rho: float = field(default=0.9, metadata={"help": "cosine of x+ and x-: K(x+, x-) = rho I_V (1 = one softmax)"})
-    chosen_length: int = field(default=1, metadata={"help": "|y+|, tokens of the chosen response"})
-    rejected_length: int = field(default=4, metadata={"help": "|y-|, tokens of the rejected response"})
+    chosen_length: int = field(default=1, metadata={"max": 10_000, "help": "|y+|, tokens of the chosen response"})
+    rejected_length: int = field(default=4, metadata={"max": 10_000, "help": "|y-|, tokens of the rejected response"})
     eta: float = field(default=0.3, metadata={"help": "learning rate of SGD on W (||x|| = 1)"})
     beta: float = field(default=0.1, metadata={"help": "beta of the preference losses (DPO's inverse temperature)"})
-    steps: int = field(default=300, metadata={"help": "T, the number of SGD steps"})
-    record_every: int = field(default=5, metadata={"help": "record the metrics every this many steps"})
-    topk: int = field(default=3, metadata={
+    steps: int = field(default=300, metadata={"max": 1_000_000, "help": "T, the number of SGD steps"})
+    record_every: int = field(default=5, metadata={"max": 1_000_000, "help": "record the metrics every this many steps"})
+    topk: int = field(default=3, metadata={"max": 1_000, 
         "help": "size of the 'topk' mass group (start-likely labels after the peak)"})
     seed: int = field(default=0, metadata={"help": "seed of the on-policy draws"})
 
