@@ -125,7 +125,8 @@ def read_records(data: str, *, split: str = "train", columns: dict[str, str] | N
     elif path.is_dir():
         records, source = _read_dataset_dir(path, split), f"{path}[{split}]"
     elif path.suffix.lower() in _SUFFIXES or data.startswith((".", "/", "~")):
-        raise ValueError(f"data file {path} does not exist")
+        raise ValueError(f"data file {path} " + ("is not a regular file (a device or pipe?)" if path.exists()
+                                                 else "does not exist"))
     else:
         records, source = _read_hub(data, split), f"{data}[{split}]"
     if columns:
