@@ -7,6 +7,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from llm.runs import probe_curves, read_run_metrics
+from toykit.runs import atomic_path
 
 __all__ = ["plot_run_probe_curves", "save_run_figure"]
 
@@ -46,5 +47,7 @@ def _colours() -> list:
 def save_run_figure(run_dir: str | Path) -> Path:
     """Write ``probe_curves.png`` into ``run_dir`` and return its path."""
     path = Path(run_dir) / "probe_curves.png"
-    plot_run_probe_curves(run_dir).savefig(path, dpi=_DPI, metadata={"Software": None})
+    figure = plot_run_probe_curves(run_dir)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a kill mid-write leaves no half PNG
+        figure.savefig(fh, format="png", dpi=_DPI, metadata={"Software": None})
     return path

@@ -368,11 +368,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     summary.update(status="completed", step=step, examples_seen=seen, epochs_completed=seen / len(chosen), **timing,
                    probe_mode=evaluator.active_mode or probe_mode,
                    probe_share=timing["probe_seconds"] / total if total else None, final_probes=final_probes)
-    write_json(run_dir / "summary.json", summary)
-    if cfg.figure:
+    if cfg.figure:  # before summary.json: a completed summary is the run's last write, so a kill before it resumes
         from llm.figures import save_run_figure  # matplotlib only when a figure is asked for
 
         save_run_figure(run_dir)
+    write_json(run_dir / "summary.json", summary)
     return TrainResult(run_dir, model, tok, "completed", step, seen, last, summary)
 
 

@@ -26,7 +26,7 @@ TIMINGS = ("train_seconds", "probe_seconds", "probe_share")
 def _cfg(out_dir, **kw):
     base = dict(loss="dpo", num_synthetic=12, held_out=2, num_probes=3, tiny_hidden=16, tiny_layers=1,
                 tiny_vocab_size=270, batch_size=2, max_prompt_tokens=32, max_response_tokens=16, lr=3e-3,
-                eval_every=4, checkpoint_every=2, progress=False, out_dir=str(out_dir))
+                eval_every=4, checkpoint_every=2, progress=False, figure=False, out_dir=str(out_dir))
     base.update(kw)
     return TrainConfig(**base)
 
@@ -121,6 +121,8 @@ def _assert_same_run(whole: Path, resumed: Path) -> None:
     for name in a:
         if name == "env.json":
             continue
+        if name == "probe_curves.png":  # its title names the run's folder, which differs; written atomically too
+            continue
         if name == "config.json":  # the run's own folder; resume is recorded when a kill lost the first config.json
             free = {"out_dir", *RESUME_FREE_FIELDS}
             assert {k: v for k, v in read_json(whole / name).items() if k not in free} == \
@@ -143,7 +145,10 @@ def whole_runs(tmp_path_factory):
     """The uninterrupted runs each kill is compared with, by reference mode."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("whole")
-    return {mode: train(_cfg(root / mode, reference=mode)).run_dir for mode in ("precomputed", "per_step")}
+    return {mode: train(_cfg(root / mode, **MODES[mode])).run_dir for mode in MODES}
+
+
+MODES = {"precomputed": {}, "per_step": {"reference": "per_step"}, "figure": {"figure": True}}
 
 
 KILLS = [  # (file being written, which write of it, reference mode)
@@ -159,13 +164,14 @@ KILLS = [  # (file being written, which write of it, reference mode)
     ("checkpoint.pt", 3, "per_step"),  # the end checkpoint
     ("model", 1, "precomputed"),
     ("summary.json", 1, "precomputed"),
+    ("probe_curves.png", 1, "figure"),
 ]
 
 
 @pytest.mark.parametrize("name, nth, mode", KILLS, ids=[f"{n}-{k}-{m}" for n, k, m in KILLS])
 def test_a_kill_during_a_write_resumes_to_the_uninterrupted_run(tmp_path, whole_runs, name, nth, mode):
     run = tmp_path / "run"
-    _run_killed(_cfg(run, reference=mode), name, nth)
-    result = train(_cfg(run, reference=mode, resume=True))
+    _run_killed(_cfg(run, **MODES[mode]), name, nth)
+    result = train(_cfg(run, **MODES[mode], resume=True))
     assert result.status == "completed"
     _assert_same_run(whole_runs[mode], run)
