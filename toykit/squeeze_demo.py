@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from toykit.configs import HelpFormatter, add_config_arguments, config_from_namespace
-from toykit.runs import new_run_dir, write_json
+from toykit.runs import atomic_path, new_run_dir, write_json
 from toykit.squeeze import positive_contrast, positive_step, rise_threshold, squeeze_claims, squeeze_step
 
 __all__ = ["SqueezeDemoConfig", "PanelResult", "SqueezeDemoResult", "run", "save", "plot", "execute", "main"]
@@ -292,7 +292,8 @@ def save(result: SqueezeDemoResult, run_dir: str | Path, dpi: int = 110) -> dict
         "summary.json": write_json(run_dir / "summary.json", _summary(result)),
     }
     figure = plot(result, dpi=dpi)
-    figure.savefig(run_dir / "squeeze.png", dpi=figure.get_dpi())
+    with atomic_path(run_dir / "squeeze.png") as tmp, open(tmp, "wb") as fh:
+        figure.savefig(fh, format="png", dpi=figure.get_dpi())
     paths["squeeze.png"] = run_dir / "squeeze.png"
     import matplotlib.pyplot as plt
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from toykit.runs import MetricsWriter, write_json
+from toykit.runs import MetricsWriter, atomic_path, write_json
 
 __all__ = [
     "check_positive", "check_at_least", "check_fraction", "check_choice", "check_loss_names",
@@ -77,7 +77,7 @@ def write_metrics(out_dir: str | Path, rows: Iterable[dict[str, Any]], filename:
     path = Path(out_dir) / filename
     if path.exists():
         raise FileExistsError(f"{path} already exists; a run never appends to an old run's metrics")
-    with MetricsWriter(path) as writer:
+    with atomic_path(path) as tmp, MetricsWriter(tmp) as writer:  # complete or absent, never half written
         writer.write_many(rows)
     return path
 
@@ -95,7 +95,8 @@ def new_figure(width: float, height: float) -> Figure:
 def save_figure(fig: Figure, path: str | Path) -> Path:
     """Save ``fig`` as PNG with fixed resolution and no time stamp in its metadata."""
     path = Path(path)
-    fig.savefig(path, dpi=FIGURE_DPI, metadata={"Software": None})
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fig.savefig(fh, format=path.suffix.lstrip(".") or "png", dpi=FIGURE_DPI, metadata={"Software": None})
     return path
 
 

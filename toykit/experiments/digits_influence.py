@@ -35,6 +35,7 @@ from toykit.models import MLP, SmallConvNet
 from toykit.ntk import empirical_ntk
 from toykit.progress import report
 from toykit.residuals import residual
+from toykit.runs import atomic_path
 from toykit.softmax import log_softmax, log_softmax_jacobian
 
 NAME = "digits-influence"
@@ -341,10 +342,10 @@ def save(result: Result, out_dir: Path) -> None:
             rows.append({"step": step, "probe": kind, "metric": "step_pearson", "value": float(r)})
     write_metrics(out_dir, rows)
     write_summary(out_dir, result.summary)
-    np.savez(Path(out_dir) / "maps.npz", **{f"{kind}_{name}": getattr(rec, name)
-                                           for kind, rec in result.influence.items()
-                                           for name in ("measured_pull", "predicted_pull", "measured_true",
-                                                        "predicted_true")})
+    maps = {f"{kind}_{name}": getattr(rec, name) for kind, rec in result.influence.items()
+            for name in ("measured_pull", "predicted_pull", "measured_true", "predicted_true")}
+    with atomic_path(Path(out_dir) / "maps.npz") as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **maps)
     fig = plot(result)
     save_figure(fig, Path(out_dir) / "influence.png")
 
