@@ -117,7 +117,7 @@ def _config(parser: argparse.ArgumentParser, ns: argparse.Namespace):
         if given is not None and given not in allowed:
             parser.error(f"{ns.command} takes --loss {' or '.join(allowed)}; use `train --loss {given}`")
         ns.loss = given or allowed[0]
-    if getattr(ns, "preset", None):
+    if getattr(ns, "preset", None) and COMMANDS[ns.command][1] == "llm.config:TrainConfig":  # validate has its own
         return _with_preset(ns)
     return config_from_namespace(cls, ns)
 

@@ -22,7 +22,7 @@ from toykit.runs import read_json
 
 __all__ = ["Explanation", "load_explanation", "explanation_table", "format_explanation", "forecast_comparison",
            "plot_explanation", "cost_report", "add_explain_arguments", "run_explain_command",
-           "list_explained_runs", "list_forecast_runs", "pair_tables"]
+           "list_explained_runs", "list_forecast_runs", "pair_tables", "attribution_sentences"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,18 +99,30 @@ def format_explanation(expl: Explanation) -> str:
              "change of the summed log-prob from step 0 (nats, mean over prompts):"]
     table = explanation_table(expl)
     lines.append(table.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
-    main = [t for t in expl.terms if t != "optimizer remainder"]
-    for _, row in table.iterrows():
-        top = max(main, key=lambda t: abs(row[t]))
-        verb = "rose" if row["measured"] > 0 else "fell"
-        lines.append(f"- {row['probe']} {verb} by {abs(row['measured']):.3f} nats (predicted "
-                     f"{row['predicted']:+.3f}); largest cause: the {top} term, {row[top]:+.3f}")
+    lines += [f"- {sentence}" for sentence in attribution_sentences(expl)]
     corr = meta.get("pair_rank_correlations")
     if corr:
         lines.append(f"pair diagnostics of the first {meta['num_pairs']} training pairs at the start (Spearman rank "
                      f"correlations across pairs; entk_delta_chosen = the kernel's one-step change of y+ under DPO):")
         lines.append(pd.DataFrame(corr).to_string(float_format=lambda v: f"{v:+.2f}"))
     return "\n".join(lines)
+
+
+def attribution_sentences(expl: Explanation) -> list[str]:
+    """One sentence per probe type: how far it moved and which term did it (or which outweighed which)."""
+    table, out = explanation_table(expl), []
+    terms = [t for t in expl.terms if t != "optimizer remainder"]
+    for _, row in table.iterrows():
+        parts = sorted(((t, float(row[t])) for t in terms), key=lambda tv: -abs(tv[1]))
+        text = (f"{row['probe']} {'rose' if row['measured'] > 0 else 'fell'} by {abs(row['measured']):.3f} nats "
+                f"(predicted {row['predicted']:+.3f})")
+        if len(parts) > 1 and parts[0][1] * parts[1][1] < 0:
+            (t0, v0), (t1, v1) = parts[:2]
+            text += f": the {t0} ({v0:+.3f}) outweighed the {t1} ({v1:+.3f}) by {abs(v0 + v1):.3f}"
+        else:
+            text += f": because of the {parts[0][0]} ({parts[0][1]:+.3f})"
+        out.append(text)
+    return out
 
 
 def _probe_means(run_dir: Path) -> pd.DataFrame:

@@ -33,6 +33,13 @@ class ValidateConfig:
         "help": "stop before a seed that would not finish within this many seconds (judged from the seeds done); "
                 "the report covers the seeds that finished; 0 = no limit"})
 
+    explain_prompts: int = field(default=0, metadata={
+        "help": "> 0: attribute every phase's probe changes to the loss's terms for the first this many probe prompts "
+                "(llm.explain; each phase's explain/ folder, and per-phase sentences in the seed's record)"})
+    explain_forecast: bool = field(default=False, metadata={
+        "help": "with --explain-prompts: also forecast the off-policy DPO phases from the kernel at their start "
+                "(llm.forecast, in <phase>_forecast/) and record where each probe's forecast parts"})
+
     def __post_init__(self) -> None:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
@@ -42,5 +49,7 @@ class ValidateConfig:
             raise ValueError(f"time_budget_s must be >= 0 (0 = no limit), got {self.time_budget_s}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.explain_prompts < 0:
+            raise ValueError(f"explain_prompts must be >= 0, got {self.explain_prompts}")
         if self.held_out < 1 or self.num_probes < 2:
             raise ValueError(f"held_out must be >= 1 and num_probes >= 2, got {self.held_out}, {self.num_probes}")

@@ -27,6 +27,7 @@ import torch
 from llm.config import TrainConfig
 from llm.data import PreferencePair, ProbeSet, load_pairs, load_probe_set, probe_set_from_pairs
 from llm.encoding import EncodedSequence
+from llm.validation.explain_phases import phase_attribution
 from llm.validation.config import ValidateConfig
 from llm.validation.judge import Judge
 from llm.logps import greedy_decode
@@ -230,6 +231,8 @@ class _Phases:
         self.conditions: dict[str, dict[str, float]] = {}
         self.argmax_split: dict[str, dict[str, float]] = {}
         self.seconds: dict[str, float] = {}
+        self.explain_prompts, self.explain_forecast = 0, False  # set from ValidateConfig (llm.validation.explain_phases)
+        self.attribution: dict[str, dict[str, Any]] = {}
 
     def run(self, name: str, loss: str, start_model, pairs: Sequence[PreferencePair], *, epochs: int, lr: float,
             warmup: int = 0, max_examples: int | None = None):
@@ -242,7 +245,7 @@ class _Phases:
                           held_out=0, num_probes=len(self.probes), greedy_max_new_tokens=p.greedy_max_new_tokens,
                           dtype=p.dtype, bf16=p.bf16, device=self.device, seed=self.seed, save_model=False,
                           checkpoint_at_end=False, probe_batch_size=p.probe_batch_size,
-                          progress=self.progress, out_dir=str(self.dir / name))
+                          progress=self.progress, out_dir=str(self.dir / name), explain_prompts=self.explain_prompts)
         t0 = time.perf_counter()
         probe_pairs = list(pairs[: max(len(self.probes), 64)])
         self.conditions[name] = {"overlap": bigram_overlap(self.tok, probe_pairs),
@@ -253,6 +256,9 @@ class _Phases:
         result = train(cfg, model=copy.deepcopy(start_model), tokenizer=self.tok, pairs=list(pairs),
                        probes=self.probes)
         self.argmax_split[name] = argmax_split(start, argmax_positions(result.model, self.tok, self.probes))
+        if self.explain_prompts:
+            self.attribution[name] = phase_attribution(result, cfg, start_model, self.tok, pairs, self.probes,
+                                                       with_forecast=self.explain_forecast)
         self.rows.extend(_probe_rows(result.run_dir))
         self.seconds[name] = time.perf_counter() - t0
         return result
@@ -311,6 +317,7 @@ def run_seed(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path) -> 
         held = [PreferencePair(p["prompt"], p["chosen"], p["rejected"]) for p in world.test_pairs]
     extras["seconds_setup"] = time.perf_counter() - t0
     phases = _Phases(preset, seed, seed_dir, tok, probes, str(device), cfg.progress, cfg.model or "world-pretrained")
+    phases.explain_prompts, phases.explain_forecast = cfg.explain_prompts, cfg.explain_forecast
     sft_kw = {"epochs": preset.sft_epochs, "lr": preset.sft_lr, "warmup": preset.sft_warmup}
     dpo_kw = {"epochs": preset.dpo_epochs, "lr": preset.dpo_lr, "warmup": preset.dpo_warmup}
     large_kw = {"epochs": preset.large_dpo_epochs, "lr": preset.large_dpo_lr, "warmup": 0}
@@ -347,6 +354,8 @@ def run_seed(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path) -> 
     extras["seconds_total"] = time.perf_counter() - t0
     extras["conditions"], extras["argmax_split"] = phases.conditions, phases.argmax_split
     extras["seconds_phases"] = phases.seconds
+    if phases.attribution:
+        extras["attribution"] = phases.attribution
     return SeedResult(seed, tuple(phases.rows), win, prop1, extras), prop1_results
 
 

@@ -14,7 +14,7 @@ def test_explain_prints_the_attribution_and_overlays_a_forecast(tmp_path, capsys
     assert "forecast: 3 steps" in capsys.readouterr().out
     assert main(["explain", run, "--forecast", fc]) == 0
     out = capsys.readouterr().out
-    for text in ("y+ pull", "y- push", "rejected fell by", "largest cause", "tracks the run throughout", "forecast_x",
+    for text in ("y+ pull", "y- push", "rejected fell by", "outweighed", "tracks the run throughout", "forecast_x",
                  "run_with_attribution_x"):
         assert text in out, text
     assert (tmp_path / "run" / "explain" / "explain.png").stat().st_size > 10_000
