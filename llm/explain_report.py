@@ -229,6 +229,7 @@ def add_explain_arguments(parser) -> None:
                              "movement of any probe (default 0.15)")
     parser.add_argument("--figure", metavar="PATH", default=None,
                         help="where to write the figure (default RUN_DIR/explain/explain.png)")
+    parser.add_argument("--dpi", type=int, default=110, help="resolution of the figure (default 110)")
 
 
 def run_explain_command(ns) -> int:
@@ -255,7 +256,7 @@ def run_explain_command(ns) -> int:
     matplotlib.use("Agg")
     figure = Path(ns.figure) if ns.figure else Path(ns.run_dir) / "explain" / "explain.png"
     figure.parent.mkdir(parents=True, exist_ok=True)
-    plot_explanation(expl, comparison).savefig(figure, dpi=110)
+    plot_explanation(expl, comparison).savefig(figure, dpi=ns.dpi)
     print(f"figure: {figure}")
     return 0
 

@@ -16,11 +16,13 @@ from typing import Any, Sequence
 
 from llm.explain_report import attribution_sentences, explanation_table, forecast_comparison, load_explanation
 from llm.forecast import forecast
+from llm.validation.report import LARGE_SUFFIX
 
 __all__ = ["phase_attribution", "FORECAST_PHASES"]
 
-#: phases whose forecast is run with --explain-forecast (the off-policy DPO runs the claims are about).
-FORECAST_PHASES = ("dpo", "extend_dpo")
+#: phases whose forecast is run with --explain-forecast: the off-policy DPO runs the claims are about, at the
+#: preset's lr and at the large lr (where a real run should leave the kernel regime).
+FORECAST_PHASES = ("dpo", "extend_dpo", "dpo" + LARGE_SUFFIX, "extend_dpo" + LARGE_SUFFIX)
 
 
 def phase_attribution(result, cfg, start_model, tokenizer, pairs: Sequence, probes, *, with_forecast: bool,
