@@ -107,7 +107,8 @@ def _fix_loss_help(sub: argparse.ArgumentParser, allowed: tuple[str, ...]) -> No
 
 def _config(parser: argparse.ArgumentParser, ns: argparse.Namespace):
     cls = _config_class(ns.command)
-    if ns.command in ("train", "forecast") and ns.loss is None and not (ns.config and "loss" in read_config_file(ns.config)):
+    if ns.command in ("train", "forecast") and ns.loss is None \
+            and not (ns.config and "loss" in read_config_file(ns.config)):
         from llm.objective import Objective
 
         parser.error("train needs --loss NAME; known: " + ", ".join(Objective.known()))

@@ -162,9 +162,11 @@ def _pair_from_record(rec: dict[str, Any], fmt: str, where: str) -> PreferencePa
         if chosen[:-1] != rejected[:-1]:
             raise ValueError(f"{where}: chosen and rejected conversations differ before the final message")
         for key, final in (("chosen", chosen[-1]), ("rejected", rejected[-1])):
-            if not isinstance(final, dict) or final.get("role") != "assistant" or not isinstance(final.get("content"), str):
+            if not (isinstance(final, dict) and final.get("role") == "assistant"
+                    and isinstance(final.get("content"), str)):
+                got = repr(final)[:120]
                 raise ValueError(f"{where}: the final message of {key!r} must be an assistant message "
-                                 f"{{'role': 'assistant', 'content': '...'}} (it is the trained response), got {final!r}"[:300])
+                                 f"{{'role': 'assistant', 'content': '...'}} (it is the trained response), got {got}")
         history = chosen[:-1]
         if isinstance(rec.get("prompt"), list):
             history = list(rec["prompt"]) + history

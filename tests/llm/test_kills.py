@@ -129,7 +129,8 @@ def _assert_same_run(whole: Path, resumed: Path) -> None:
                    {k: v for k, v in read_json(resumed / name).items() if k not in free}
             continue
         if name.endswith(".pt"):  # compared as data: the pickle's layout may differ, its content must not
-            _assert_same_data(torch.load(whole / name, weights_only=True), torch.load(resumed / name, weights_only=True))
+            _assert_same_data(torch.load(whole / name, weights_only=True),
+                              torch.load(resumed / name, weights_only=True))
             continue
         if name == "summary.json":
             sa, sb = read_json(whole / name), read_json(resumed / name)

@@ -253,9 +253,9 @@ def _train_and_measure(model: torch.nn.Module, x_train: torch.Tensor, y_train: t
         for kind, delta in (("measured", measured), ("predicted", predicted)):
             maps[f"{kind}_pull"][c_u] += _class_map(delta[:, c_u], y_probe)
             maps[f"{kind}_true"][c_u] += _class_map(delta[probe_rows, y_probe], y_probe)
-        if not math.isfinite(float(loss)) or float(loss) > _DIVERGED_LOSS:
+        if not math.isfinite(float(loss.detach())) or float(loss.detach()) > _DIVERGED_LOSS:
             raise ValueError(f"--eta {eta}: SGD diverged at step {len(losses) + 1} (loss -log pi(y_u | x_u) = "
-                             f"{float(loss):.3g} nats); lower --eta")
+                             f"{float(loss.detach()):.3g} nats); lower --eta")
         step_pearson.append(pearson(predicted.detach().numpy(), measured.numpy()))
         losses.append(float(loss.detach()))
     report(phase, len(order), len(order))
