@@ -53,6 +53,14 @@ class LinearisedLM(torch.nn.Module):
         self.theta0 = [p.detach().clone() for _, p in named]
         self.theta = torch.nn.ParameterList([torch.nn.Parameter(p.detach().clone()) for _, p in named])
 
+    @property
+    def config(self):
+        """The base model's config (positions, vocabulary), for the engine's input checks."""
+        return self.base[0].config
+
+    def get_input_embeddings(self):
+        return self.base[0].get_input_embeddings()
+
     def call(self, params: dict[str, torch.Tensor], inputs: dict) -> torch.Tensor:
         kwargs = {k: v for k, v in inputs.items() if k != "input_ids"}
         return functional_call(self.base[0], params, (inputs["input_ids"],), kwargs).logits

@@ -20,6 +20,10 @@ class _LinearSoftmax(torch.nn.Module):
         gen = torch.Generator().manual_seed(seed)
         self.table = torch.nn.Parameter(0.5 * torch.randn(vocab, vocab, generator=gen, dtype=torch.float64))
         self.bias = torch.nn.Parameter(torch.zeros(vocab, dtype=torch.float64))
+        self.config = types.SimpleNamespace()
+
+    def get_input_embeddings(self):
+        return types.SimpleNamespace(num_embeddings=self.table.shape[0])
 
     def forward(self, input_ids, attention_mask=None, use_cache=False, logits_to_keep=0):
         logits = self.table[input_ids] + self.bias  # (N, L, V)
