@@ -36,5 +36,7 @@ for path, label, blurb in PAGES:
     st.page_link(path, label=label)
     st.caption(blurb)
 
-st.info("Everything here runs on a CPU in seconds, with no downloads. The LLM page reads run directories written by "
-        "`python -m llm ...` (default folder `runs/`).")
+st.info("Everything here runs on a CPU with no downloads. The first page you open takes a few seconds (torch warms "
+        "up once per server); after that a change is recomputed in about a second or less, and a spinner says what "
+        "is being computed. The LLM page reads run directories written by `python -m llm ...` (folder `runs/`), and "
+        "opens on the committed validations in `results/` until you have runs of your own.")

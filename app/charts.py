@@ -78,12 +78,12 @@ def bar_chart(data: pd.DataFrame, x: str, y: str, color: str, *, x_title: str, y
 
 
 def heatmap(data: pd.DataFrame, x: str, y: str, value: str, *, x_title: str, y_title: str, value_title: str,
-            title: str = "", diverging: bool = True, size: int = 220) -> alt.Chart:
+            title: str = "", diverging: bool = True, size: int = 220, tooltip: tuple[str, ...] = ()) -> alt.Chart:
     """Return a heat map of ``value`` over (``x``, ``y``) cells; a diverging colour scale centred at 0 by default."""
     scale = alt.Scale(scheme="redblue", domainMid=0, reverse=True) if diverging else alt.Scale(scheme="viridis")
     return alt.Chart(data, title=title).mark_rect().encode(
         x=alt.X(x, type="ordinal", title=x_title),
         y=alt.Y(y, type="ordinal", title=y_title),
         color=alt.Color(value, type="quantitative", title=value_title, scale=scale),
-        tooltip=[x, y, value],
+        tooltip=[x, y, value, *tooltip],
     ).properties(width=size, height=size)

@@ -12,8 +12,10 @@ st.markdown(
     "One exact gradient step on a linear softmax pushes the label **ybar** down (a negative gradient, as DPO does to "
     "the rejected response) and/or pulls **y+** up. The paper's squeezing effect (Section 4, claims 1-5): pi(ybar) "
     "falls, the mass goes to the most likely label y*, only labels above the threshold (1/c) log Z rise, and the "
-    "effect is strongest when pi is peaky and ybar sits in a valley. With the defaults (a peaky pi, the least likely "
-    "label pushed down) almost every label falls except y*."
+    "effect is strongest when pi is peaky and ybar sits in a valley. The page opens on pi = Softmax(g / T) with "
+    f"T = {squeeze_explorer.Config().temperature} (a fairly peaky start; 'peaky' in the sidebar is the notebook's "
+    "sharper one) and the least likely label pushed down: only the few labels above the threshold rise, y* first, "
+    "and every other label falls."
 )
 
 DEFAULTS = squeeze_explorer.Config()

@@ -1,10 +1,9 @@
 """Loss residuals (Figure 2): the residual G = dL/dz of many algorithms on the same distribution, side by side."""
 
-import io
-
 import pandas as pd
 import streamlit as st
 
+from app.charts import bar_chart, line_chart
 from toykit.experiments import loss_residuals
 
 st.set_page_config(page_title="Loss residuals", layout="wide")
@@ -23,20 +22,14 @@ ALGORITHM_NAMES = list(loss_residuals.ALGORITHMS)
 DEFAULTS = loss_residuals.Config()  # the page opens on the experiment's own defaults
 
 
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    return buffer.getvalue()
-
-
-@st.cache_data(show_spinner="Running every algorithm on the toy response space ...")
+@st.cache_data(show_spinner="Running the chosen algorithms' SGD steps on the toy response space ...")
 def _run(algorithms, peakiness, valley_quantile, eta, steps, beta, seed):
     cfg = loss_residuals.Config(algorithms=algorithms, peakiness=peakiness, valley_quantile=valley_quantile, eta=eta,
                                 steps=steps, beta=beta, seed=seed)
     result = loss_residuals.run(cfg)
     table = pd.DataFrame.from_dict(result.summary["algorithms"], orient="index")
     start = {key: value for key, value in result.summary.items() if key != "algorithms"}
-    return start, table, _png(loss_residuals.plot(result))
+    return start, table, pd.DataFrame(loss_residuals.panel_table(result))
 
 
 with st.sidebar:
@@ -56,7 +49,7 @@ if not algorithms:
     st.error("Choose at least one algorithm.")
     st.stop()
 try:
-    start, table, figure = _run(tuple(algorithms), peakiness, valley_quantile, eta, steps, beta, int(seed))
+    start, table, panels = _run(tuple(algorithms), peakiness, valley_quantile, eta, steps, beta, int(seed))
 except ValueError as err:
     st.error(f"Cannot run this setting: {err}")
     st.stop()
@@ -66,8 +59,39 @@ cols[0].metric(f"tokens V = {start['vocab']}", f"{start['num_responses']} respon
 cols[1].metric(f"initial argmax = {start['initial_argmax']}", f"pi = {start['initial_pi_argmax']:.3f}")
 cols[2].metric(f"dataset y+ = {start['dataset_chosen']}", f"pi = {start['initial_pi_chosen']:.3g}")
 cols[3].metric(f"dataset y- = {start['dataset_rejected']}", f"pi = {start['initial_pi_rejected']:.3g}")
-st.image(figure, caption="One column per algorithm: G at the first step and pi before vs after the steps, at the shared "
-                         "prompt context and at y-'s own second-token context.")
+
+st.subheader("G of every algorithm at the first step")
+contexts = list(dict.fromkeys(panels["context"]))
+left, right = st.columns(2)
+for column, context in zip((left, right), contexts):
+    column.altair_chart(line_chart(
+        panels[panels["context"] == context], "rank", "minus_G", "label", x_title=f"token, by initial rank at {context}",
+        y_title="-G = -dL/dz (first step)", color_title="algorithm", title=f"-G at {context}", height=300),
+        width="stretch")
+st.caption("-G is the direction each algorithm pushes the logits (Proposition 1: Delta z = -eta K G). At the prompt "
+           "every algorithm pushes y+'s first token up; at y-'s own second-token context only the losses with a "
+           "negative response push (SFT and the other single-response losses leave it at 0, a flat line).")
+
+st.subheader("One algorithm in detail: G and pi before vs after the steps")
+shown = st.selectbox("Algorithm", algorithms, key="detail", index=algorithms.index("dpo_offpolicy")
+                     if "dpo_offpolicy" in algorithms else 0,
+                     format_func=lambda name: loss_residuals.ALGORITHMS[name].label)
+detail = panels[panels["algorithm"] == shown]
+columns = st.columns(len(contexts))
+for column, context in zip(columns, contexts):
+    part = detail[detail["context"] == context]
+    column.altair_chart(bar_chart(part, "rank", "minus_G", "role", x_title=f"token, by initial rank at {context}",
+                                  y_title="-G (first step)", color_title="token", title=f"-G at {context}"),
+                        width="stretch")
+    column.altair_chart(line_chart(
+        part.melt(id_vars=["rank", "role"], value_vars=["pi_before", "pi_after"], var_name="when", value_name="pi"),
+        "rank", "pi", "when", x_title=f"token, by initial rank at {context}", y_title="pi(token)",
+        color_title="distribution", title=f"pi at {context}: before vs after {steps} step(s)", height=260),
+        width="stretch")
+if float(table.loc[shown, "G_norm_context"]) == 0.0 and len(contexts) > 1:
+    st.info(f"{loss_residuals.ALGORITHMS[shown].label} scores no response at y-'s context, so its G there is 0 and "
+            f"the -G panel is empty: nothing is pushed down, and pi there moves only through the shared features.")
+
 st.subheader(f"After {steps} step(s): where the mass went")
 st.caption(start.get("note", ""))
 st.dataframe(table, width="stretch")

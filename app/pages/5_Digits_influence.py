@@ -1,10 +1,9 @@
 """Digits influence (Figure 1): how learning one digit moves the predictions on the others, measured and predicted."""
 
-import io
-
 import pandas as pd
 import streamlit as st
 
+from app.charts import heatmap
 from app.paths import resolve_under_roots
 from toykit.experiments import digits_influence
 
@@ -23,18 +22,13 @@ STEPS = [30, 60, 100, 200, 300]  # the page opens at 60 steps (seconds on a CPU)
 ETAS = sorted({0.03, 0.1, 0.3, DEFAULTS.eta})
 
 
-def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
-
-
-@st.cache_data(show_spinner="Training and measuring the influence of every step ...")
+@st.cache_data(show_spinner="Training the network one image per step, measuring and predicting (-eta A K G) "
+                             "the change on every held-out image ...")
 def _run(model, steps, eta, num_train, seed, data_dir):
     cfg = digits_influence.Config(models=(model,), steps=steps, eta=eta, num_train=num_train, seed=seed,
                                   data_dir=data_dir or None)
     result = digits_influence.run(cfg)
-    return result.summary, _png(digits_influence.plot(result))
+    return result.summary, pd.DataFrame(digits_influence.map_table(result))
 
 
 with st.sidebar:
@@ -60,7 +54,12 @@ cols[0].metric("correlation of the maps, predicted vs measured", f"{found['map_p
 cols[1].metric("mean per-step correlation", f"{found['step_pearson_mean']:.3f}")
 cols[2].metric("probe accuracy after training", f"{found['probe_accuracy']:.2f}")
 cols[3].metric("data", summary["data"])
-st.image(figure, caption=summary["influence_quantity"])
+left, right = st.columns(2)
+for column, (title, part) in zip((left, right), figure.groupby("map", sort=False)):
+    column.altair_chart(heatmap(part, "x_o class", "x_u class", "value", x_title="class of observed x_o",
+                                y_title="class of updated x_u", value_title="sum_t Delta log pi(y_u | x_o)",
+                                title=f"{model}: {title}", size=300))
+st.caption(f"{summary['influence_quantity']}; each row centred on its mean, so the class structure shows.")
 
 left, right = st.columns(2)
 left.subheader("Most coupled class pairs")

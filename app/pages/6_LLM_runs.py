@@ -20,18 +20,18 @@ st.markdown(
 )
 
 REDUCTION_LABELS = {"summed": "summed over tokens (nats)", "mean": "per-token mean (nats / token)"}
-PAPER_RUNS = Path("..") / "shared" / "data" / "paper_runs"  # the paper's logs, when a shared checkout is beside
+PAPER_RUNS = Path("..", "shared", "data", "paper_runs")  # the paper's logs, when a shared checkout is beside
 CHART_HEIGHT = 420
 
 
 @st.cache_data(ttl=10, show_spinner=False)
 def _run_dirs(folder: str, cwd: str) -> list[str]:  # cwd: a relative folder is cached per working directory
-    return [str(p) for p in runs.list_run_dirs(Path(cwd) / folder, llm_only=True)]
+    return [str(p) for p in runs.list_run_dirs(Path(cwd, folder), llm_only=True)]
 
 
 @st.cache_data(ttl=10, show_spinner=False)
 def _default_folder(cwd: str) -> str:
-    return runs.default_run_folder([Path(cwd) / "runs", Path(cwd) / "results"]).removeprefix(cwd + "/")
+    return runs.default_run_folder([Path(cwd, "runs"), Path(cwd, "results")]).removeprefix(f"{cwd}/")
 
 
 @st.cache_data(ttl=10, show_spinner=False)
@@ -67,7 +67,7 @@ if found is not None and not found:
              f"Make one with `python -m llm sft`, or type `results` in the sidebar for the committed validations.")
 
 if found:
-    root = Path.cwd() / folder
+    root = Path(Path.cwd(), folder)
     names = {str(Path(d).relative_to(root)) if Path(d) != root else Path(d).name: d for d in found}
     if st.session_state.get("runs_folder") != folder:  # a new folder: start from its default selections
         st.session_state["runs_folder"] = folder

@@ -1,6 +1,6 @@
 """The digits-influence page: measured and predicted maps agree at the defaults; controls and bad paths."""
 
-from tests.app.harness import assert_no_exception, run_page
+from tests.app.harness import assert_charts_labelled, assert_no_exception, chart_data, run_page
 from toykit.experiments import digits_influence
 
 PAGE = "pages/5_Digits_influence.py"
@@ -17,7 +17,13 @@ def test_default_shows_the_maps_and_their_agreement():
     metrics = _metrics(at)
     assert metrics["correlation of the maps, predicted vs measured"] == f"{expected['mlp']['map_pearson_pull']:.3f}"
     assert float(metrics["correlation of the maps, predicted vs measured"]) > 0.9  # Prop. 1 at a small eta
-    assert len(at.get("image")) == 1
+    assert not at.get("image")  # interactive heat maps, not a figure
+    assert_charts_labelled(at)
+    result = digits_influence.run(digits_influence.Config(models=("mlp",), steps=60))
+    drawn = chart_data(at, "mlp: measured")
+    pull = result.influence["mlp"].measured_pull
+    cell = drawn[(drawn["x_u class"] == 3) & (drawn["x_o class"] == 5)]["value"].item()
+    assert abs(cell - (pull[3, 5] - pull[3].mean())) < 1e-9  # row-centred, as in the experiment's figure
     assert at.dataframe[0].value["pair"].tolist() == [p["pair"] for p in expected["mlp"]["most_coupled_pairs"]]
 
 

@@ -1,6 +1,6 @@
 """The loss-residuals page: every algorithm side by side; controls change the result; bad settings."""
 
-from tests.app.harness import assert_no_exception, run_page
+from tests.app.harness import assert_charts_labelled, assert_no_exception, chart_data, run_page
 from toykit.experiments import loss_residuals
 
 PAGE = "pages/3_Loss_residuals.py"
@@ -15,7 +15,22 @@ def test_default_shows_every_algorithm_on_one_distribution():
     assert table.loc["dpo_offpolicy", "delta_pi_chosen"] == expected["algorithms"]["dpo_offpolicy"]["delta_pi_chosen"]
     assert {m.label: m.value for m in at.metric}[f"dataset y- = {expected['dataset_rejected']}"] == \
         f"pi = {expected['initial_pi_rejected']:.3g}"
-    assert len(at.get("image")) == 1
+    assert not at.get("image")  # interactive charts, not one 40-panel figure
+    assert_charts_labelled(at)
+    prompt = chart_data(at, "-G at prompt")
+    result = loss_residuals.run(loss_residuals.Config())
+    rec = result.records["dpo_offpolicy"]
+    drawn = prompt[prompt["algorithm"] == "dpo_offpolicy"].sort_values("rank")
+    order = (-rec.pi_before[0]).argsort(kind="stable")
+    assert drawn["token"].tolist() == order.tolist() and drawn["minus_G"].tolist() == (-rec.G_shared[order]).tolist()
+
+
+def test_an_empty_residual_panel_is_explained():
+    at = run_page(PAGE, detail="sft")
+    assert_no_exception(at)
+    assert any("its G there is 0" in i.value for i in at.info)
+    at.selectbox(key="detail").set_value("dpo_offpolicy").run()
+    assert not any("its G there is 0" in i.value for i in at.info)
 
 
 def test_moving_the_rejected_response_out_of_the_valley_changes_it():

@@ -54,3 +54,14 @@ def test_bad_settings_show_an_error_not_a_trace():
     at.number_input(key="negative_index").set_value(120).run()
     assert_no_exception(at)
     assert any("label index" in e.value for e in at.error)
+
+
+def test_the_intro_describes_the_default_start_and_result():
+    from toykit.experiments import squeeze_explorer
+
+    at = run_page(PAGE)
+    intro = at.markdown[0].value
+    cfg = squeeze_explorer.Config()
+    assert cfg.start == "temperature" and f"T = {cfg.temperature}" in intro
+    summary = squeeze_explorer.run(cfg).summary
+    assert "only the few labels above the threshold rise" in intro and 0 < summary["num_rose"] <= 3

@@ -374,3 +374,18 @@ def plot(result: Result):
     r = ", ".join(f"{k}: r={result.summary[k]['map_pearson_pull']:.3f}" for k in kinds)
     fig.suptitle(f"Per-step influence accumulated over training ({r})", fontsize=10)
     return fig
+
+
+def map_table(result: Result) -> list[dict]:
+    """Tidy rows of the maps :func:`plot` draws: model, map (measured / predicted), x_u class, x_o class, value.
+
+    Each row of a map is centred on its mean, as in the figure: the shared "raise this label everywhere" offset
+    would hide the class structure.
+    """
+    rows = []
+    for kind, rec in result.influence.items():
+        for title, grid in (("measured", rec.measured_pull), ("predicted -eta A K G", rec.predicted_pull)):
+            centred = grid - grid.mean(1, keepdims=True)  # (10, 10)
+            rows.extend({"model": kind, "map": title, "x_u class": u, "x_o class": o, "value": float(centred[u, o])}
+                        for u in range(NUM_CLASSES) for o in range(NUM_CLASSES))
+    return rows

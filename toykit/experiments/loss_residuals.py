@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -440,6 +441,34 @@ def _panel_pair(top, bottom, G: np.ndarray, before: np.ndarray, after: np.ndarra
         for color, token in marks.items():
             ax.axvline(pos[token], color=color, lw=0.8, ls="--")
         ax.tick_params(labelsize=7)
+
+
+def panel_table(result: Result) -> list[dict[str, Any]]:
+    """Tidy rows of what :func:`plot` draws, for interactive charts: per algorithm and context, every token.
+
+    Columns: algorithm, context ("prompt" or "y-'s context"), rank (by pi before at that context, 0 = most likely),
+    token, minus_G (-G of the first step, summed over the positions scored there), pi_before, pi_after (after the
+    last step) and role (y+, y- or other). A single-response loss (SFT) has G = 0 at y-'s context: nothing is scored
+    there, and the rows say so through minus_G = 0.
+    """
+    rows: list[dict[str, Any]] = []
+    two = result.config.length == 2
+    for name, rec in result.records.items():
+        panels = [("prompt", rec.G_shared, rec.pi_before[0], rec.pi_after[0],
+                   {rec.chosen[0]: "y+"} | ({rec.rejected[0]: "y-"} if rec.rejected else {}))]
+        if two:
+            roles = {rec.rejected[-1]: "y-"} if rec.rejected else {}
+            if rec.rejected and rec.chosen[0] == rec.rejected[0]:
+                roles[rec.chosen[-1]] = "y+"
+            panels.append(("y-'s context", rec.G_context, rec.pi_before[rec.context], rec.pi_after[rec.context],
+                           roles))
+        for context, G, before, after, roles in panels:
+            order = np.argsort(-before, kind="stable")  # tokens from most to least likely at the start
+            for rank, token in enumerate(order.tolist()):
+                rows.append({"algorithm": name, "label": ALGORITHMS[name].label, "context": context, "rank": rank,
+                             "token": token, "minus_G": float(-G[token]), "pi_before": float(before[token]),
+                             "pi_after": float(after[token]), "role": roles.get(token, "other")})
+    return rows
 
 
 def plot(result: Result):

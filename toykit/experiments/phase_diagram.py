@@ -213,6 +213,19 @@ def _rows(result: Result) -> list[dict[str, Any]]:
     return rows
 
 
+def cell_table(result: Result) -> list[dict[str, Any]]:
+    """One row per grid cell: algorithm, eta, V, peakiness, rejected_quantile, delta_logp_chosen, fell, diverged."""
+    cfg = result.config
+    rows = []
+    for idx in itertools.product(*(range(n) for n in cfg.shape)):
+        k, e, v, p, q = idx
+        rows.append({"algorithm": cfg.algorithms[k], "eta": cfg.etas[e], "V": cfg.vocab_sizes[v],
+                     "peakiness": cfg.peakiness[p], "rejected_quantile": cfg.rejected_quantiles[q],
+                     "delta_logp_chosen": float(result.delta_logp_chosen[idx]), "fell": bool(result.fell[idx]),
+                     "diverged": bool(result.diverged[idx])})
+    return rows
+
+
 def save(result: Result, out_dir: Path) -> None:
     """Write ``metrics.jsonl`` (one row per cell and metric, at step T), summary.json and the heat maps."""
     out_dir = Path(out_dir)

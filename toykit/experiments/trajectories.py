@@ -168,6 +168,22 @@ def _rows(result: Result) -> list[dict[str, Any]]:
     return rows
 
 
+def panel_table(result: Result) -> list[dict[str, Any]]:
+    """Tidy rows of the quantities :func:`plot` draws: start, algorithm, panel (its label), step, value.
+
+    Log-probs become per-token probabilities exp(log pi), as the figure shows them; the entropy stays in nats.
+    """
+    rows = []
+    for i, start in enumerate(STARTS):
+        for j, (name, ctx, label) in enumerate(PANELS):
+            for k, alg in enumerate(result.config.algorithms):
+                values = result.records[name][:, i, k, ctx]
+                shown = np.exp(values) if name.startswith("logp_") else values
+                rows.extend({"start": start, "algorithm": alg, "panel": label, "step": int(s), "value": float(v)}
+                            for s, v in zip(result.steps.tolist(), shown.tolist()))
+    return rows
+
+
 def save(result: Result, out_dir: Path) -> None:
     """Write ``metrics.jsonl`` (step, probe = start/algorithm/context, metric, value), summary.json, the figure."""
     out_dir = Path(out_dir)
