@@ -45,7 +45,7 @@ from llm.objective import EXTEND, batch_loss, make_pair_batch
 from toykit.runs import write_json
 
 __all__ = ["AttributionHook", "observed_probes", "term_gradients", "UpdateSplit", "REMAINDER", "WEIGHT_DECAY",
-           "term_names", "pearson"]
+           "term_names", "pearson", "write_attribution"]
 
 ARGMAX = "argmax_teacher_forced"  # the engine's ARGMAX_PROBE (llm.probes), scored on the y+ prefix
 REMAINDER = "optimizer remainder"
@@ -288,12 +288,7 @@ class AttributionHook:
     def save(self, out_dir: Path) -> Path:
         """Write attribution.npz and meta.json (fit per step and the hook's own seconds) into ``out_dir``."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        values, contrib = np.stack(self.values), np.stack(self.contributions)  # (S+1, N_o), (S, K, N_o)
-        measured, predicted = np.diff(values, axis=0), contrib.sum(axis=1)  # (S, N_o)
-        per_step = [pearson(p, m) for p, m in zip(predicted, measured)]
-        rel = float(np.linalg.norm(measured - predicted) / max(np.linalg.norm(measured), 1e-300))
-        np.savez(out_dir / "attribution.npz", values=values, contributions=contrib, steps=np.asarray(self.steps),
-                 learning_rates=np.asarray(self.lrs), remainder_norms=np.asarray(self.remainder_norms))
+        values = np.stack(self.values)  # (S+1, N_o)
         pairs_meta = {}
         if self.pairs is not None:
             from llm.pair_diagnostics import rank_correlations
@@ -305,12 +300,32 @@ class AttributionHook:
             table.to_csv(out_dir / "pairs.csv", index=False)
             corr = rank_correlations(table.drop(columns=["is_probe"]).dropna(axis=1, how="all"))
             pairs_meta = {"pair_rank_correlations": corr.round(6).to_dict(), "num_pairs": len(table)}
-        write_json(out_dir / "meta.json", {
-            "terms": list(self.names), "probe_types": list(self.kinds), "prompts": self.owners,
-            "num_prompts": int(self.owners.max()) + 1, "optimizer": self.split.kind, "loss": self.run.objective.loss,
-            "steps": len(self.steps), "per_step_correlation": per_step,
-            "median_step_correlation": float(np.nanmedian(per_step)), "relative_error": rel,
-            "max_remainder_norm": float(max(self.remainder_norms)), "seconds": self.seconds,
-            "pair_seconds": self.pair_seconds, **pairs_meta})
-        return out_dir
+        return write_attribution(out_dir, values=values, contributions=np.stack(self.contributions),
+                                 steps=self.steps, learning_rates=self.lrs, remainder_norms=self.remainder_norms,
+                                 terms=self.names, probe_types=self.kinds, prompts=self.owners,
+                                 optimizer=self.split.kind, loss=self.run.objective.loss,
+                                 extra={"seconds": self.seconds, "pair_seconds": self.pair_seconds, **pairs_meta})
 
+
+def write_attribution(out_dir: Path, *, values: np.ndarray, contributions: np.ndarray, steps: Sequence[int],
+                      learning_rates: Sequence[float], remainder_norms: Sequence[float], terms: Sequence[str],
+                      probe_types: Sequence[str], prompts: np.ndarray, optimizer: str, loss: str,
+                      extra: dict) -> Path:
+    """Write attribution.npz and meta.json (``llm.explain_report`` reads them) with the per-step fit.
+
+    Args:
+        values: (S+1, N_o) summed log-probs of the observed rows at theta_0 .. theta_S.
+        contributions: (S, K, N_o) first-order change of each row due to each of the K ``terms``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    measured, predicted = np.diff(values, axis=0), contributions.sum(axis=1)  # (S, N_o)
+    per_step = [pearson(p, m) for p, m in zip(predicted, measured)]
+    rel = float(np.linalg.norm(measured - predicted) / max(np.linalg.norm(measured), 1e-300))
+    np.savez(out_dir / "attribution.npz", values=values, contributions=contributions, steps=np.asarray(steps),
+             learning_rates=np.asarray(learning_rates), remainder_norms=np.asarray(remainder_norms))
+    write_json(out_dir / "meta.json", {
+        "terms": list(terms), "probe_types": list(probe_types), "prompts": prompts,
+        "num_prompts": int(np.max(prompts)) + 1, "optimizer": optimizer, "loss": loss, "steps": len(steps),
+        "per_step_correlation": per_step, "median_step_correlation": float(np.nanmedian(per_step)),
+        "relative_error": rel, "max_remainder_norm": float(max(remainder_norms)), **extra})
+    return out_dir

@@ -221,3 +221,20 @@ def test_fsdp_sharded_model_is_evaluated_on_every_rank(tmp_path, gpt2, tokenizer
     assert {r["step"] for r in rows} == {0}  # written once, by rank 0
     evaluator = ProbeEvaluator(probe_set_from_pairs(pairs[:4], seed=0), tokenizer, policy, batch_size=8)
     _assert_rows_equal_direct(rows, 0, evaluator, gpt2)
+
+
+def test_explain_callback_predicts_every_real_trainer_step(tmp_path, gpt2, tokenizer, pairs, policy):
+    from llm.explain_callback import ExplainCallback
+    from llm.explain_report import load_explanation
+
+    probes = probe_set_from_pairs(pairs[:4], seed=0)
+    callback = ExplainCallback(probes, tokenizer, policy, tmp_path / "run", num_prompts=3)
+    trainer = Trainer(model=gpt2, args=_args(tmp_path / "trainer", max_steps=4, learning_rate=1e-4),
+                      train_dataset=_SFTDataset(pairs[:16], tokenizer, policy),
+                      data_collator=_collate(tokenizer.pad_token_id), callbacks=[callback])
+    trainer.train()
+    meta = json.loads((tmp_path / "run" / "explain" / "meta.json").read_text())
+    assert meta["steps"] == 4 and meta["terms"] == ["real update"] and meta["optimizer"] == "AdamW"
+    assert min(meta["per_step_correlation"]) > 0.99  # Prop. 1 along the Trainer's own AdamW steps
+    expl = load_explanation(tmp_path / "run")
+    assert expl.measured[expl.probe_types.index("chosen"), -1] > 0  # SFT raised y+
