@@ -28,6 +28,9 @@ PROBE_LABELS = {
 
 # Legends below the plot in columns, never truncated: a tall legend beside a short chart was cut off.
 _LEGEND = alt.Legend(orient="bottom", direction="vertical", columns=3, labelLimit=0, titleLimit=0, symbolLimit=0)
+_DASH_LEGEND = alt.Legend(orient="bottom", direction="vertical", columns=3, labelLimit=0, titleLimit=0, symbolLimit=0,
+                          symbolType="stroke", symbolStrokeWidth=2, symbolSize=400,
+                          symbolStrokeColor="black")  # line samples in black, not coloured dots
 
 
 def line_chart(data: pd.DataFrame, x: str, y: str, color: str, *, x_title: str, y_title: str, title: str = "",
@@ -46,8 +49,11 @@ def line_chart(data: pd.DataFrame, x: str, y: str, color: str, *, x_title: str, 
         "tooltip": [c for c in (x, y, color, dash) if c],
     }
     if dash:
-        encoding["strokeDash"] = alt.StrokeDash(dash, type="nominal", title=dash_title or dash, legend=_LEGEND)
-    return alt.Chart(data, title=title).mark_line(point=True).encode(**encoding).properties(height=height)
+        encoding["strokeDash"] = alt.StrokeDash(dash, type="nominal", title=dash_title or dash, legend=_DASH_LEGEND)
+    # fit-x: the width follows the page, the height is the plot's own (a "fit" height would shrink the plot to make
+    # room for the legend below it)
+    return alt.Chart(data, title=title).mark_line(point=True).encode(**encoding).properties(
+        height=height, autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))
 
 
 

@@ -55,7 +55,7 @@ except ValueError as err:
     st.stop()
 
 cols = st.columns(4)
-cols[0].metric(f"tokens V = {start['vocab']}", f"{start['num_responses']} responses of {start['length']} tokens")
+cols[0].metric(f"responses of {start['length']} tokens (V = {start['vocab']} tokens)", f"{start['num_responses']}")
 cols[1].metric(f"initial argmax = {start['initial_argmax']}", f"pi = {start['initial_pi_argmax']:.3f}")
 cols[2].metric(f"dataset y+ = {start['dataset_chosen']}", f"pi = {start['initial_pi_chosen']:.3g}")
 cols[3].metric(f"dataset y- = {start['dataset_rejected']}", f"pi = {start['initial_pi_rejected']:.3g}")
