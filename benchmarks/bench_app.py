@@ -1,7 +1,8 @@
 """What an app user waits for, measured with Streamlit's AppTest; prints JSON.
 
-For every page: the first load (the page's caches cleared, as after a server start; the process's imports are
-already warm, as they are after the first page a user opens), then the rerun after changing the page's main widget
+For every page: the first load (the page's caches cleared, as after a server start, with only streamlit's own
+imports warm: the page's modules, torch and torch.func's one-time warm-up are paid here), the same with those
+warm (``first_load_warm_s``: a first visit once the server has served any page), then the rerun after changing the page's main widget
 to a value not seen before (a real recomputation, not a cached rerun), then a rerun at that value (the cache hit).
 Targets on 2 cores: first load < 2 s, rerun after a change < 1 s on every toy page (< 300 ms where the computation
 allows). The LLM pages are measured on a small run folder written here in the engine's tidy format.
@@ -79,7 +80,15 @@ def measure(page: str, setup: dict | None = None) -> dict:
         at.run()
         _set(at, key, value)
     first = _timed_run(at)
-    out = {"page": page, "first_load_s": round(first, 3), "first_load_ok": first < FIRST_LOAD_TARGET_S}
+    st.cache_data.clear()  # again with the page's imports and torch's one-time warm-up done: a later first load
+    st.cache_resource.clear()
+    again = AppTest.from_file(path, default_timeout=600)
+    for key, value in (setup or {}).items():
+        again.run()
+        _set(again, key, value)
+    warm = _timed_run(again)
+    out = {"page": page, "first_load_s": round(first, 3), "first_load_warm_s": round(warm, 3),
+           "first_load_ok": first < FIRST_LOAD_TARGET_S, "first_load_warm_ok": warm < FIRST_LOAD_TARGET_S}
     if page in MAIN_WIDGET:
         key, value = MAIN_WIDGET[page]
         _set(at, key, value)
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.chdir(REPO)  # the pages resolve runs/, results/ and ../shared relative to the repository root
     AppTest.from_file(str(APP / "Home.py")).run()  # warm the imports once (streamlit, altair, pandas)
     with tempfile.TemporaryDirectory() as tmp:
+        os.environ["LDT_APP_ROOTS"] = tmp  # the app reads only under its roots (app/paths.py)
         _write_llm_runs(Path(tmp) / "runs")
         for page in pages:
             setup = {"folder": str(Path(tmp) / "runs")} if page == "6_LLM_runs.py" else None

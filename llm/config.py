@@ -255,6 +255,9 @@ class EvalConfig(_ModelData):
     """Evaluate every probe type of a probe set on a model and write one row per probe type and statistic."""
 
     phase: str = _f("eval", "phase label written in metrics rows")
+    # evaluation alone: the paper's whole probe set (its first 500 records), not training's 16-prompt default
+    num_probes: int = _f(500, "number of probe prompts, the first of the file (the paper: 500; fewer when the file "
+                              "or the derived pairs hold fewer)")
 
     def __post_init__(self) -> None:
         self._check_common()

@@ -148,3 +148,13 @@ def test_num_probes_one_on_a_full_probe_file(tmp_path, capsys):
                             for i in range(3)))
     assert main(["eval", *_DATA, "--probes", str(path), "--num-probes", "1", "--out-dir", str(tmp_path / "ev")]) == 0
     assert "random_nonhum" in capsys.readouterr().out
+
+
+def test_eval_defaults_to_the_papers_500_prompts_or_all_there_are(tmp_path, capsys):
+    from llm.config import EvalConfig
+
+    assert EvalConfig().num_probes == 500
+    argv = [a for a in _DATA if a not in ("--num-probes", "3")]
+    assert main(["eval", *argv, "--out-dir", str(tmp_path / "ev"), "--progress", "false"]) == 0
+    chosen = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("chosen "))
+    assert int(chosen[-1]) == 8  # the 10 synthetic pairs minus 2 held out: every derived probe prompt
