@@ -10,7 +10,8 @@ on-policy (old log-probs = the policy's, detached, as TRL does), so rho = 1 ther
 
 The run directory matches ``llm.training``'s: config.json, env.json, tokenizer/, metrics.jsonl (one row per step
 with TRL's names: loss, reward, reward_std, completions/mean_length, entropy, clip_ratio/region_mean,
-frac_reward_zero_std, grad_norm, learning_rate, kl when beta > 0; tidy probe rows per evaluation), probes/,
+frac_reward_zero_std, grad_norm, learning_rate, kl when beta > 0, and ``lld_statistics`` of the step's groups;
+tidy probe rows per evaluation), probes/,
 checkpoint.pt, model/, summary.json. The probe set gains two probe types sampled once from the starting policy
 and judged by ``reward_fn``: ``group_best`` and ``group_worst`` (the highest- and lowest-reward completion of a
 probe prompt's group, None where the group's rewards tie), saved in probe_groups.json so a resumed run tracks the
@@ -39,7 +40,7 @@ from llm.training import TrainResult, _check_resumable, _evaluate, _means, _Plan
 from toykit.group_losses import clipped_tokens, compute_group_loss, get_group_loss, group_advantages, rloo_advantages
 from toykit.runs import MetricsWriter, atomic_path, check_run_dir, create_run_dir, read_json, write_env, write_json
 
-__all__ = ["RewardFn", "train_rl", "sample_groups", "completion_batch", "completion_logps"]
+__all__ = ["RewardFn", "train_rl", "sample_groups", "completion_batch", "completion_logps", "lld_statistics"]
 
 RewardFn = Callable[[list[str], list[str]], list[float]]
 GROUP_PROBES = ("group_best", "group_worst")
@@ -102,6 +103,36 @@ def completion_logps(model, ids, attn, resp) -> tuple[torch.Tensor, torch.Tensor
         logp_all = torch.log_softmax(logits[:, :-1].float(), -1)  # (B, K-1, V)
         entropy = -(logp_all.exp() * logp_all).sum(-1) * mask
     return scored.token_logps, mask, entropy
+
+
+def lld_statistics(completions: Sequence[list[int]], adv: torch.Tensor, delta: torch.Tensor) -> dict[str, float]:
+    """Lazy-likelihood-displacement statistics of one step's groups (the keys present where defined).
+
+    overlap of a positive-advantage response = the share of its tokens whose id occurs in a negative-advantage
+    response of its group. Returns the mean change of summed log pi over the step of positive-advantage responses
+    with overlap >= 1/2 (``lld/gain_high_overlap``) and < 1/2 (``lld/gain_low_overlap``), and the share of them
+    whose log-prob fell (``lld/frac_positive_fell``).
+
+    Args:
+        completions: P * G token-id lists (prompt-major); adv, delta: (P, G) advantages and Delta log pi(o).
+    """
+    groups, size = adv.shape
+    high, low = [], []
+    for p in range(groups):
+        negative = {t for g in range(size) if adv[p, g] < 0 for t in completions[p * size + g]}
+        for g in range(size):
+            if adv[p, g] > 0:
+                tokens = completions[p * size + g]
+                share = sum(t in negative for t in tokens) / max(len(tokens), 1)
+                (high if share >= 0.5 else low).append(float(delta[p, g]))
+    out = {}
+    if high:
+        out["lld/gain_high_overlap"] = sum(high) / len(high)
+    if low:
+        out["lld/gain_low_overlap"] = sum(low) / len(low)
+    if high or low:
+        out["lld/frac_positive_fell"] = sum(d < 0 for d in high + low) / len(high + low)
+    return out
 
 
 def _advantages(loss: str, rewards: torch.Tensor) -> torch.Tensor:
@@ -242,6 +273,10 @@ def train_rl(cfg: TrainConfig, reward_fn: RewardFn, model=None, tokenizer=None, 
             clips.append(float(clipped_tokens(cfg.loss, logps.detach(), old, adv, mask,
                                               **{k: v for k, v in hp.items() if k != "beta"}).sum()
                                / mask.sum().clamp(min=1)))
+        with torch.no_grad():  # how each sampled response's log-prob moved over the step (for LLD)
+            new = completion_logps(model, ids, attn, resp)[0]
+        lld = lld_statistics(comps, adv.view(len(idx), -1).cpu(),
+                             ((new - old) * mask).sum(-1).view(len(idx), -1).cpu())  # (P, G)
         step, seen = step + 1, seen + len(idx)
         std = rewards.std(-1)  # (P,) Bessel-corrected, as TRL's nanstd
         row = {"step": step, "examples_seen": seen, "phase": phase, "epoch": seen / len(prompts),
@@ -251,6 +286,7 @@ def train_rl(cfg: TrainConfig, reward_fn: RewardFn, model=None, tokenizer=None, 
                "entropy": float(entropy.sum() / mask.sum().clamp(min=1)),
                "clip_ratio/region_mean": float(sum(clips) / len(clips)), "grad_norm": float(grad_norm),
                "learning_rate": lr}
+        row.update(lld)
         if ref is not None:
             d = ref - old
             row["kl"] = float(((torch.exp(d) - d - 1) * mask).sum() / mask.sum().clamp(min=1))

@@ -34,7 +34,9 @@ from llm.logps import greedy_decode
 from llm.models import load_model, resolve_device, tiny_model
 from llm.validation.prop1 import Prop1Config, plot_prop1, run_prop1, save_prop1
 from llm.validation.render import plot_baseline_vs_extend, plot_probe_curves, report_markdown
-from llm.validation.report import CLAIMS, LARGE_SUFFIX, SeedResult, claims_document, evaluate_regimes
+from llm.validation.report import (CLAIMS, LARGE_SUFFIX, SeedResult, claims_document, evaluate_claims,
+                                   evaluate_regimes)
+from llm.validation.rl_claims import RL_CLAIMS, rl_markdown, run_rl_phase
 from llm.runs import read_run_metrics
 from llm.tokenization import load_tokenizer
 from llm.training import train
@@ -86,13 +88,19 @@ class Preset:
     prop1_target_change: float = 0.05
     dtype: str = "float32"
     bf16: bool = False
+    #: the GRPO phase (llm.validation.rl_claims): steps, prompts per step, samples per prompt, learning rate
+    rl_steps: int = 24
+    rl_prompts: int = 8
+    rl_generations: int = 8
+    rl_lr: float = 1e-4
 
 
 PRESETS: dict[str, Preset] = {
     # The reduced pipeline of the test suite: every phase, two tiny seeds, well under a minute.
     "test": Preset(WorldConfig(n_entities=8, n_probes=6, docs_per_entity=3, n_unrelated=40, vocab_size=600),
                    hidden=32, pretrain_epochs=6, sft_epochs=2, dpo_epochs=2, large_dpo_epochs=1, evals_per_phase=4,
-                   greedy_max_new_tokens=64, onpolicy_samples=2, prop1_probes=2, prop1_steps=1),
+                   greedy_max_new_tokens=64, onpolicy_samples=2, prop1_probes=2, prop1_steps=1, rl_steps=2,
+                   rl_prompts=2, rl_generations=2),
     # Three seeds in under 10 minutes on 2 CPU cores.
     "cpu": Preset(WorldConfig()),
     # The same pipeline and design sized for one H200: a ~50M-parameter model, a larger world, bf16.
@@ -338,6 +346,8 @@ def run_seed(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path) -> 
         if on_pairs:
             phases.run("onpolicy_dpo", "dpo", sft.model, on_pairs, epochs=10 * preset.dpo_epochs,
                        lr=preset.dpo_lr, warmup=preset.dpo_warmup, max_examples=dpo.examples_seen)
+        extras["rl"] = run_rl_phase(phases, lambda ps, cs: [judge.score(p, c) for p, c in zip(ps, cs)], sft.model,
+                                    pairs, _probe_rows)
         test_prompts = [p.prompt for p in held]
         answers = {name: greedy_responses(r.model, tok, test_prompts, max_new_tokens=preset.greedy_max_new_tokens)
                    for name, r in (("sft", sft), ("extend_sft", ext), ("dpo", dpo), ("extend_dpo", ext_dpo))}
@@ -426,7 +436,13 @@ def _write_outputs(run_dir: Path, cfg: ValidateConfig, preset: Preset, seeds: Se
     header = (f"# Validation report: do the paper's predictions hold on a real transformer?\n\n"
               f"Preset `{cfg.preset}`, model: {context['model']}, seeds {done}, "
               f"{seconds:.0f} s in total ({status}). Regenerate with `python -m llm validate --preset {cfg.preset}`.")
-    (run_dir / "report.md").write_text(report_markdown(doc, seeds, figures, header))
+    report = report_markdown(doc, seeds, figures, header)
+    with_rl = [r for r in seeds if "rl" in r.extras]
+    if with_rl:  # the GRPO phase's claims, scored apart from the paper's (llm.validation.rl_claims)
+        rl_doc = claims_document(evaluate_claims(with_rl, RL_CLAIMS), context)
+        write_json(run_dir / "claims_rl.json", rl_doc)
+        report += rl_markdown(rl_doc, with_rl)
+    (run_dir / "report.md").write_text(report)
     write_json(run_dir / "summary.json", {"status": status, "seeds_done": done, "seconds": seconds,
                                           "held": doc["held"], "total": doc["total"]})
     return doc

@@ -137,3 +137,16 @@ def test_cli_trains_grpo_on_the_world_and_refuses_a_reward_less_data_file(tmp_pa
 def test_bad_rl_settings_are_refused(tmp_path, kw, pattern):
     with pytest.raises(ValueError, match=pattern):
         _cfg(tmp_path / "x", **kw)
+
+
+def test_lld_statistics_split_positive_samples_by_overlap_with_negative_ones():
+    from llm.rl import lld_statistics
+
+    comps = [[1, 2, 3], [1, 2, 9], [7, 8], [4, 5]]  # one group of 4: samples 0, 2 positive; 1, 3 negative
+    adv = torch.tensor([[1.0, -1.0, 0.5, -0.5]])
+    delta = torch.tensor([[-0.2, -1.0, 0.3, -0.4]])
+    stats = lld_statistics(comps, adv, delta)
+    # sample 0 shares 2 of 3 tokens with negatives (high overlap) and fell; sample 2 shares none and rose
+    assert stats == {"lld/gain_high_overlap": pytest.approx(-0.2), "lld/gain_low_overlap": pytest.approx(0.3),
+                     "lld/frac_positive_fell": 0.5}
+    assert lld_statistics(comps, torch.zeros(1, 4), delta) == {}

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from llm.validation.rl_claims import RL_CLAIMS
 from llm.validation.judge import Judge
 from llm.validation.report import CLAIMS
 from llm.runs import claims_score, read_claims, read_run_metrics
@@ -55,19 +56,22 @@ def test_reduced_pipeline_runs_end_to_end(tmp_path):
     assert {by_name[n]["verdict"] for n in coarse} == {"not measured"}
     table = read_run_metrics(run_dir)
     assert set(table["phase"]) == {"sft", "extend_sft", "dpo", "extend_dpo", "onpolicy_dpo", "dpo_large",
-                                   "extend_dpo_large"}
+                                   "extend_dpo_large", "grpo"}
     # Both step regimes are scored: the large-step column holds every claim that reads a DPO phase.
     large = {c["name"]: c for c in doc["large_step"]}
     assert "dpo_argmax_up" in large and "sft_chosen_up" not in large and len(large["dpo_argmax_up"]["values"]) == 2
     seeds = json.loads((run_dir / "seeds.json").read_text())
     for s in seeds:  # the conditions and the argmax split were measured at every phase
-        assert set(s["extras"]["conditions"]) == set(table["phase"]) == set(s["extras"]["argmax_split"])
+        assert set(s["extras"]["conditions"]) == set(table["phase"]) - {"grpo"} == set(s["extras"]["argmax_split"])
+        assert len(s["extras"]["rl"]["reward"]) == 2  # the GRPO phase's two steps (llm.validation.rl_claims)
         assert all(0 <= c["overlap"] <= 1 and c["max_step"] >= 0 for c in s["extras"]["conditions"].values())
         assert s["extras"]["conditions"]["dpo_large"]["max_step"] > s["extras"]["conditions"]["dpo"]["max_step"]
     assert [s["seed"] for s in seeds] == [0, 1] and 0.0 <= seeds[0]["win_rate"]["win_rate"] <= 1.0
     report = (run_dir / "report.md").read_text()
     assert "claims hold in every seed" in report and "prop1_scatter.png" in report
     assert "Conditions of the paper's argument" in report and "verdict, large steps" in report
+    rl = json.loads((run_dir / "claims_rl.json").read_text())
+    assert [c["name"] for c in rl["claims"]] == [c.name for c in RL_CLAIMS] and "## Online RL" in report
     with pytest.raises(FileExistsError):
         run_validation(ValidateConfig(preset="test", seeds=(0,), out_dir=str(run_dir)))
 
