@@ -14,6 +14,10 @@ Public API (imported lazily, so ``import llm.runs`` stays light for the app):
 | ``train_bpe_tokenizer``, ``build_word_tokenizer``, ``load_tokenizer`` | tokenization | local tokenizers |
 | ``Objective``, ``batch_loss``, ``precompute_reference_logps`` | objective | the per-batch step |
 | ``ProbeCallback`` | callback | probes inside any transformers ``Trainer`` / TRL run |
+| ``SqueezeRule``, ``SqueezeMonitor`` | alarm | the squeeze alarm over probe curves |
+| ``preset_config``, ``preset_fields`` | presets | the paper's recipe (paper-hh, paper-ultrafeedback) |
+| ``read_records``, ``pairs_from_chat_records``, ``add_chatml_template`` | sources, chat | data files, hub sets, chat |
+| ``apply_lora``, ``load_adapter``, ``trainable_parameters`` | lora | LoRA adapters (peft) |
 | ``init_distributed``, ``World``, ``shard_indices`` | parallel | data parallelism under ``torchrun`` |
 | ``build_world``, ``WorldConfig``, ``Judge`` | validation.world, validation.judge | the synthetic world and its judge |
 | ``run_prop1``, ``Prop1Config`` | validation.prop1 | Proposition 1 on a causal LM (gradient inner product vs a step) |
@@ -37,6 +41,11 @@ _EXPORTS = {
     "tokenization": ("train_bpe_tokenizer", "build_word_tokenizer", "load_tokenizer", "check_tokenizer"),
     "objective": ("Objective", "batch_loss", "precompute_reference_logps", "NonFiniteLossError", "EXTEND"),
     "callback": ("ProbeCallback",),
+    "alarm": ("SqueezeRule", "SqueezeMonitor"),
+    "presets": ("preset_config", "preset_fields"),
+    "sources": ("read_records",),
+    "chat": ("pairs_from_chat_records", "add_chatml_template"),
+    "lora": ("apply_lora", "load_adapter", "trainable_parameters"),
     "parallel": ("init_distributed", "World", "shard_indices"),
     "validation.world": ("build_world", "save_world", "WorldConfig"),
     "validation.judge": ("Judge",),
