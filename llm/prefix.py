@@ -24,7 +24,7 @@ from llm.encoding import EncodedSequence, collate
 from llm.logps import SequenceLogps, encoded_logps, logps_from_logits
 
 __all__ = ["PrefixCache", "SharingUnsupported", "prefix_forward", "continuation_logits", "cache_keyword",
-           "group_by_budget", "shares_prompts", "shared_pair_logps", "sharing_problem"]
+           "group_by_budget", "split_batches", "shares_prompts", "shared_pair_logps", "sharing_problem"]
 
 
 class SharingUnsupported(RuntimeError):
@@ -81,13 +81,16 @@ class PrefixCache:
         return DynamicCache(ddp_cache_data=[(k[index], v[index]) for k, v in self.layers], config=self.config)
 
 
-def prefix_forward(model, prompts: Sequence[Sequence[int]], pad_token_id: int) -> PrefixCache:
+def prefix_forward(model, prompts: Sequence[Sequence[int]], pad_token_id: int,
+                   batch_size: int | None = None) -> PrefixCache:
     """Run every prompt but its last token once, right-padded, and keep the key/value cache.
 
     Args:
         model: a Hugging Face causal LM (gradients flow when called outside ``torch.no_grad``).
         prompts: G token-id sequences, each of at least 2 tokens.
         pad_token_id: id written in padding slots (masked out).
+        batch_size: prompts per forward pass (default: all G at once); the caches are joined, padded to the
+            longest prefix.
 
     Raises:
         SharingUnsupported: the model returns no per-layer key/value cache.
@@ -102,13 +105,21 @@ def prefix_forward(model, prompts: Sequence[Sequence[int]], pad_token_id: int) -
         ids[g, : len(p) - 1] = torch.tensor(p[:-1], dtype=torch.long)
         mask[g, : len(p) - 1] = 1
     ids, mask = ids.to(device), mask.to(device)
-    positions = torch.arange(width, device=device).expand(len(prompts), width)  # (G, P)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-    cache = _cache_of(out)
-    layers = tuple((layer.keys, layer.values) for layer in cache.layers)
-    if layers[0][0].shape[0] != len(prompts) or layers[0][0].shape[-2] != width:
-        raise SharingUnsupported(f"unexpected cache shape {tuple(layers[0][0].shape)} for {len(prompts)} prefixes "
-                                 f"of {width} tokens")
+    step = batch_size or len(prompts)
+    parts = []
+    for start in range(0, len(prompts), step):
+        sub = mask[start: start + step]
+        cut = int(sub.sum(dim=1).max())  # this slice's longest prefix: no forward over common padding
+        positions = torch.arange(cut, device=device).expand(sub.shape[0], cut)  # (g, P')
+        out = model(input_ids=ids[start: start + step, :cut], attention_mask=sub[:, :cut], position_ids=positions,
+                    use_cache=True, logits_to_keep=1)
+        layers = [(layer.keys, layer.values) for layer in _cache_of(out).layers]
+        if layers[0][0].shape[0] != sub.shape[0] or layers[0][0].shape[-2] != cut:
+            raise SharingUnsupported(f"unexpected cache shape {tuple(layers[0][0].shape)} for {sub.shape[0]} "
+                                     f"prefixes of {cut} tokens")
+        parts.append([tuple(torch.nn.functional.pad(t, (0, 0, 0, width - cut)) for t in kv) for kv in layers])
+    layers = tuple(parts[0]) if len(parts) == 1 else tuple(
+        tuple(torch.cat([part[n][j] for part in parts]) for j in range(2)) for n in range(len(parts[0])))
     return PrefixCache(layers, mask, mask.sum(dim=1), torch.tensor([p[-1] for p in prompts], device=device),
                        model.config)
 
@@ -146,6 +157,28 @@ def continuation_logits(model, prefix: PrefixCache, owners: Sequence[int], respo
     logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True,
                    **kwargs).logits  # (N, 1 + R, V)
     return logits, ids, resp
+
+
+def split_batches(lengths: Sequence[int], max_rows: int, overhead: int) -> list[tuple[int, int]]:
+    """Cut rows sorted by length into batches [start, end) minimising padded positions plus a cost per batch.
+
+    Each batch of rows start..end-1 costs (end - start) * lengths[end - 1] positions (right padding to its longest
+    row) plus ``overhead`` (a forward pass's fixed cost, in positions); at most ``max_rows`` rows per batch.
+    Dynamic programming over the cut points, O(len(lengths) * max_rows).
+    """
+    if any(b < a for a, b in zip(lengths, lengths[1:])):
+        raise ValueError("split_batches needs lengths sorted in increasing order")
+    best, cut = [0] + [float("inf")] * len(lengths), [0] * (len(lengths) + 1)
+    for end in range(1, len(lengths) + 1):
+        for start in range(max(0, end - max_rows), end):
+            cost = best[start] + (end - start) * lengths[end - 1] + overhead
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    batches, end = [], len(lengths)
+    while end > 0:
+        batches.append((cut[end], end))
+        end = cut[end]
+    return batches[::-1]
 
 
 def group_by_budget(sizes: Sequence[int], budget: int) -> list[list[int]]:

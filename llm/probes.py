@@ -5,7 +5,7 @@ example at a time, in one of two modes (PROBE_MODES):
 
 - "shared" (the default): each prompt runs once and all of its responses are scored from its key/value cache
   (``llm.prefix``), so a prompt with 12 probe responses costs |x| + 12 |y| tokens instead of 12 (|x| + |y|). Prompts
-  are taken in length order, grouped so that a group's responses fill about one batch; the cache is kept for one
+  are taken in length order, grouped so that a group's responses fill a few batches; the cache is kept for one
   group at a time, never for the whole set. Models that cannot continue from a cache fall back to "full" with a
   warning.
 - "full": every [prompt, response] is its own sequence, sorted by length and right-padded (the reference path).
@@ -27,13 +27,19 @@ import torch
 from llm.data import ProbeSet
 from llm.encoding import EncodedSequence, TruncationPolicy, collate, encode_record, encode_sequence, truncation_report
 from llm.logps import STATISTICS, greedy_statistics, response_logits, response_statistics
-from llm.prefix import SharingUnsupported, continuation_logits, group_by_budget, prefix_forward
+from llm.prefix import SharingUnsupported, continuation_logits, group_by_budget, prefix_forward, split_batches
 
 __all__ = ["ProbeResult", "ProbeEvaluator", "evaluate_sequential", "GREEDY_PROBE", "ARGMAX_PROBE",
            "RESPONSE_STATISTICS", "GREEDY_STATISTICS", "PROBE_MODES"]
 
 #: how probe sequences are batched: prompts shared across their responses (KV cache), or one sequence per response.
 PROBE_MODES = ("shared", "full")
+#: responses per cached prompt group, in batches: a larger group sorts its responses by length into fuller batches
+#: (measured on the paper's HH probes: padded positions 2.6x the real ones with 1 batch, 1.15x with 4); the cache
+#: holds one group's prompts, never the whole set's.
+_GROUP_BATCHES = 4
+#: fixed cost of one forward pass in token positions, traded against padding when cutting a group into batches.
+_BATCH_OVERHEAD_POSITIONS = 256
 #: largest |logp_sum| difference (nats) between the modes accepted by the one-time check of a model's first batch.
 _SELF_CHECK_TOL = 1e-3
 
@@ -139,10 +145,11 @@ class ProbeEvaluator:
         self.active_mode: str | None = None if mode == "shared" else "full"
 
     def _plan_shared(self) -> None:
-        """Group the items by prompt: prompts in length order, groups of about one batch of responses.
+        """Group the items by prompt: prompts in length order, groups of about _GROUP_BATCHES batches of responses.
 
-        ``groups`` lists (prompt ids, chunks): each chunk is up to ``batch_size`` item indices of the group, in
-        response-length order; ``unshared`` are the items of prompts under 2 tokens (nothing to share).
+        ``groups`` lists (prompt ids, chunks): a chunk is up to ``batch_size`` (prompt row, item) pairs of the group,
+        the group's responses sorted by length and cut where padding costs more than another forward pass;
+        ``unshared`` are the items of prompts under 2 tokens (nothing to share).
         """
         by_prompt: dict[tuple[int, tuple[int, ...]], list[int]] = {}  # (prompt index, its tokens) -> items
         for k, (_, i, seq) in enumerate(self.items):
@@ -152,12 +159,14 @@ class ProbeEvaluator:
                                key=lambda k: self.items[k][2].length)
         shared.sort(key=lambda key: len(key[1]))
         self.groups: list[tuple[list[tuple[int, ...]], list[list[tuple[int, int]]]]] = []
-        for members in group_by_budget([len(by_prompt[key]) for key in shared], self.batch_size):
+        budget = _GROUP_BATCHES * self.batch_size
+        for members in group_by_budget([len(by_prompt[key]) for key in shared], budget):
             keys = [shared[m] for m in members]
             rows = [(g, k) for g, key in enumerate(keys) for k in by_prompt[key]]  # (prompt row, item)
             rows.sort(key=lambda r: len(self.items[r[1]][2].response_ids))
-            chunks = [rows[s: s + self.batch_size] for s in range(0, len(rows), self.batch_size)]
-            self.groups.append(([key[1] for key in keys], chunks))
+            cuts = split_batches([len(self.items[k][2].response_ids) + 1 for _, k in rows], self.batch_size,
+                                 _BATCH_OVERHEAD_POSITIONS)
+            self.groups.append(([key[1] for key in keys], [rows[a:b] for a, b in cuts]))
 
     def work(self, mode: str) -> dict[str, int]:
         """Token positions the model runs in ``mode`` (padding included) and the real tokens among them.
@@ -174,8 +183,9 @@ class ProbeEvaluator:
             padded, real = padded + len(lengths) * max(lengths), real + sum(lengths)
         if mode == "shared":
             for prompts, chunks in self.groups:
-                padded += len(prompts) * (max(len(p) for p in prompts) - 1)
-                real += sum(len(p) - 1 for p in prompts)
+                for start in range(0, len(prompts), self.batch_size):  # prefix_forward's slices
+                    lengths = [len(p) - 1 for p in prompts[start: start + self.batch_size]]
+                    padded, real = padded + len(lengths) * max(lengths), real + sum(lengths)
                 for chunk in chunks:
                     lengths = [1 + len(self.items[k][2].response_ids) for _, k in chunk]
                     padded, real = padded + len(lengths) * max(lengths), real + sum(lengths)
@@ -226,7 +236,7 @@ class ProbeEvaluator:
     def _shared(self, model, device: torch.device, out) -> None:
         for prompts, chunks in self.groups:
             try:
-                prefix = prefix_forward(model, prompts, self.pad_token_id)
+                prefix = prefix_forward(model, prompts, self.pad_token_id, self.batch_size)
             except TypeError as err:  # a forward without position_ids / use_cache / logits_to_keep
                 raise SharingUnsupported(str(err)) from None
             for chunk in chunks:

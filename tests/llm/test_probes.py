@@ -10,7 +10,9 @@ import torch
 from llm.data import ProbeSet, load_probe_set, probe_set_from_pairs
 from llm.encoding import TruncationPolicy
 from llm.models import TINY_ARCHS, tiny_model
-from llm.probes import ARGMAX_PROBE, GREEDY_PROBE, RESPONSE_STATISTICS, ProbeEvaluator, evaluate_sequential
+from llm.prefix import split_batches
+from llm.probes import (_GROUP_BATCHES, ARGMAX_PROBE, GREEDY_PROBE, RESPONSE_STATISTICS, ProbeEvaluator,
+                        evaluate_sequential)
 from llm.tokenization import train_bpe_tokenizer
 
 
@@ -56,20 +58,35 @@ def test_shared_prompts_equal_the_full_path_for_every_architecture(arch, tokeniz
         _assert_same(result, reference, rtol=0, atol=1e-4)
         assert np.isnan(result.per_example["rejected"]["logp_sum"][3])
         assert set(RESPONSE_STATISTICS) <= set(result.per_example["chosen"])
+    only_chosen = ProbeSet(probes.prompts, {"chosen": probes.responses["chosen"]})
+    sliced = ProbeEvaluator(only_chosen, tokenizer, policy, batch_size=2)  # 8 prompts a group, 2 per prefix pass
+    assert max(len(prompts) for prompts, _ in sliced.groups) > 2
+    _assert_same(sliced(model), ProbeEvaluator(only_chosen, tokenizer, policy, mode="full")(model), rtol=0, atol=1e-4)
     work_shared, work_full = shared.work("shared"), full.work("full")
     assert work_shared["real_tokens"] < work_full["real_tokens"] <= work_full["padded_positions"]
 
 
 def test_shared_batches_hold_their_prompt_groups_only(tokenizer, pairs, policy):
-    # Memory: one group's cache at a time, each group about one batch of responses, never the whole set.
+    # Memory: one group's cache at a time, each group a few batches of responses, never the whole set.
     probes = probe_set_from_pairs(pairs[:12], held_out=pairs[12:16], seed=0)
-    evaluator = ProbeEvaluator(probes, tokenizer, policy, batch_size=16)
-    per_prompt = len(probes.probe_types)
-    assert len(evaluator.groups) == -(-len(probes) // (16 // per_prompt))
+    evaluator = ProbeEvaluator(probes, tokenizer, policy, batch_size=4)
+    per_prompt, budget = len(probes.probe_types), _GROUP_BATCHES * 4
+    assert len(evaluator.groups) == -(-len(probes) // (budget // per_prompt)) > 1
     for prompts, chunks in evaluator.groups:
-        assert len(prompts) * per_prompt <= 16 and all(len(c) <= 16 for c in chunks)
+        assert len(prompts) * per_prompt <= budget and all(1 <= len(c) <= 4 for c in chunks)
+        lengths = [len(evaluator.items[k][2].response_ids) for c in chunks for _, k in c]
+        assert lengths == sorted(lengths)  # batches of similar lengths: little padding
     covered = sorted(k for _, chunks in evaluator.groups for c in chunks for _, k in c)
     assert covered == sorted(set(range(len(evaluator.items))) - set(evaluator.unshared))
+
+
+def test_split_batches_minimises_padding_plus_a_cost_per_batch():
+    assert split_batches([1, 1, 1, 9], 4, overhead=0) == [(0, 3), (3, 4)]
+    assert split_batches([1, 1, 1, 9], 4, overhead=100) == [(0, 4)]
+    cuts = split_batches([2] * 5, 2, overhead=0)
+    assert [i for a, b in cuts for i in range(a, b)] == list(range(5)) and all(b - a <= 2 for a, b in cuts)
+    with pytest.raises(ValueError, match="sorted"):
+        split_batches([3, 1], 4, overhead=0)
 
 
 class _NoCache(torch.nn.Module):
