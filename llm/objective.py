@@ -18,8 +18,9 @@ from typing import Sequence
 import torch
 
 from llm.encoding import EncodedSequence, collate
-from llm.logps import SequenceLogps, encoded_logps
-from llm.prefix import shared_pair_logps, shares_prompts, sharing_problem
+from llm.logps import SequenceLogps, encoded_logps, logps_from_logits
+from llm.prefix import (continuation_logits, plan_groups, prefix_forward, shared_pair_logps, shares_prompts,
+                        sharing_problem)
 from toykit.losses import compute_loss, get_loss, loss_names
 
 __all__ = ["EXTEND", "Objective", "PairBatch", "make_pair_batch", "batch_loss", "precompute_reference_logps",
@@ -198,7 +199,7 @@ def precompute_reference_logps(model, chosen: Sequence[EncodedSequence], rejecte
     """Score every chosen (and rejected) sequence once with the reference ``model``, in length-sorted batches.
 
     With ``share_prompts`` (and y+, y- of each pair sharing a prompt of >= 2 tokens) each prompt runs once for its
-    pair: batches of ``batch_size // 2`` pairs in prompt-length order.
+    pair, in the groups and length-sorted batches of ``llm.prefix.plan_groups`` (as the probes).
 
     Returns:
         (N,) float32 summed reference log-probs of y+ and of y- (None without ``rejected``), on the CPU.
@@ -208,17 +209,18 @@ def precompute_reference_logps(model, chosen: Sequence[EncodedSequence], rejecte
     device = next(model.parameters()).device
     out = []
     if share_prompts and rejected is not None and shares_prompts(chosen, rejected):
-        values_c, values_r = (torch.empty(len(chosen), dtype=torch.float32) for _ in range(2))
-        order = sorted(range(len(chosen)), key=lambda i: (len(chosen[i].prompt_ids), chosen[i].length))
-        pairs = max(1, batch_size // 2)
-        for start in range(0, len(order), pairs):
-            idx = order[start: start + pairs]
+        values = torch.empty((2, len(chosen)), dtype=torch.float32)  # (2, N): y+ then y-
+        pairs = [(c.response_ids, r.response_ids) for c, r in zip(chosen, rejected)]
+        for prompts, batches in plan_groups([len(c.prompt_ids) for c in chosen],
+                                            [[len(c), len(r)] for c, r in pairs], batch_size):
             with autocast_context(device, bf16):
-                summed = shared_pair_logps(model, [chosen[i] for i in idx], [rejected[i] for i in idx],
-                                           pad_token_id).summed.float().cpu()
-            values_c[idx], values_r[idx] = summed[: len(idx)], summed[len(idx):]
+                prefix = prefix_forward(model, [chosen[i].prompt_ids for i in prompts], pad_token_id, batch_size)
+                for rows in batches:
+                    lp = logps_from_logits(*continuation_logits(model, prefix, [row for row, _, _ in rows],
+                                                                [pairs[i][j] for _, i, j in rows], pad_token_id))
+                    values[[j for _, _, j in rows], [i for _, i, _ in rows]] = lp.summed.float().cpu()
         model.train(was_training)
-        return values_c, values_r
+        return values[0], values[1]
     for seqs in (chosen, rejected):
         if seqs is None:
             out.append(None)

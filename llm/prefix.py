@@ -24,7 +24,15 @@ from llm.encoding import EncodedSequence, collate
 from llm.logps import SequenceLogps, encoded_logps, logps_from_logits
 
 __all__ = ["PrefixCache", "SharingUnsupported", "prefix_forward", "continuation_logits", "cache_keyword",
-           "group_by_budget", "split_batches", "shares_prompts", "shared_pair_logps", "sharing_problem"]
+           "group_by_budget", "split_batches", "plan_groups", "GROUP_BATCHES", "shares_prompts", "shared_pair_logps", "sharing_problem"]
+
+
+#: responses per cached prompt group, in batches: a larger group sorts its responses by length into fuller batches
+#: (measured on the paper's HH probes: padded positions 3x the real ones with 1 batch, 1.15x with 4); the cache
+#: holds one group's prompts, never a whole set's.
+GROUP_BATCHES = 4
+#: fixed cost of one forward pass in token positions, traded against padding when cutting a group into batches.
+BATCH_OVERHEAD_POSITIONS = 256
 
 
 class SharingUnsupported(RuntimeError):
@@ -179,6 +187,31 @@ def split_batches(lengths: Sequence[int], max_rows: int, overhead: int) -> list[
         batches.append((cut[end], end))
         end = cut[end]
     return batches[::-1]
+
+
+def plan_groups(prompt_lengths: Sequence[int], response_lengths: Sequence[Sequence[int]], batch_size: int
+                ) -> list[tuple[list[int], list[list[tuple[int, int, int]]]]]:
+    """Plan shared-prompt evaluation: groups of prompts in length order and their batches of responses.
+
+    Args:
+        prompt_lengths: (G,) token counts of the prompts.
+        response_lengths: per prompt, the token counts of its responses.
+        batch_size: responses per continuation pass (at most).
+
+    Returns:
+        Per group: the prompt indices, and its batches of (row of the prompt in the group, prompt index, response
+        index), about GROUP_BATCHES * batch_size responses a group, sorted by response length and cut by
+        ``split_batches``.
+    """
+    order = sorted(range(len(prompt_lengths)), key=lambda g: prompt_lengths[g])
+    plan = []
+    for members in group_by_budget([len(response_lengths[g]) for g in order], GROUP_BATCHES * batch_size):
+        prompts = [order[m] for m in members]
+        rows = sorted(((row, g, r) for row, g in enumerate(prompts) for r in range(len(response_lengths[g]))),
+                      key=lambda t: response_lengths[t[1]][t[2]])
+        cuts = split_batches([response_lengths[g][r] + 1 for _, g, r in rows], batch_size, BATCH_OVERHEAD_POSITIONS)
+        plan.append((prompts, [rows[a:b] for a, b in cuts]))
+    return plan
 
 
 def group_by_budget(sizes: Sequence[int], budget: int) -> list[list[int]]:

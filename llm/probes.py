@@ -27,19 +27,13 @@ import torch
 from llm.data import ProbeSet
 from llm.encoding import EncodedSequence, TruncationPolicy, collate, encode_record, encode_sequence, truncation_report
 from llm.logps import STATISTICS, greedy_statistics, response_logits, response_statistics
-from llm.prefix import SharingUnsupported, continuation_logits, group_by_budget, prefix_forward, split_batches
+from llm.prefix import SharingUnsupported, continuation_logits, plan_groups, prefix_forward
 
 __all__ = ["ProbeResult", "ProbeEvaluator", "evaluate_sequential", "GREEDY_PROBE", "ARGMAX_PROBE",
            "RESPONSE_STATISTICS", "GREEDY_STATISTICS", "PROBE_MODES"]
 
 #: how probe sequences are batched: prompts shared across their responses (KV cache), or one sequence per response.
 PROBE_MODES = ("shared", "full")
-#: responses per cached prompt group, in batches: a larger group sorts its responses by length into fuller batches
-#: (measured on the paper's HH probes: padded positions 2.6x the real ones with 1 batch, 1.15x with 4); the cache
-#: holds one group's prompts, never the whole set's.
-_GROUP_BATCHES = 4
-#: fixed cost of one forward pass in token positions, traded against padding when cutting a group into batches.
-_BATCH_OVERHEAD_POSITIONS = 256
 #: largest |logp_sum| difference (nats) between the modes accepted by the one-time check of a model's first batch.
 _SELF_CHECK_TOL = 1e-3
 
@@ -145,7 +139,7 @@ class ProbeEvaluator:
         self.active_mode: str | None = None if mode == "shared" else "full"
 
     def _plan_shared(self) -> None:
-        """Group the items by prompt: prompts in length order, groups of about _GROUP_BATCHES batches of responses.
+        """Group the items by prompt (``llm.prefix.plan_groups``): prompts in length order, a few batches a group.
 
         ``groups`` lists (prompt ids, chunks): a chunk is up to ``batch_size`` (prompt row, item) pairs of the group,
         the group's responses sorted by length and cut where padding costs more than another forward pass;
@@ -157,16 +151,12 @@ class ProbeEvaluator:
         shared = [key for key in by_prompt if len(key[1]) >= 2]
         self.unshared = sorted((k for key in by_prompt if len(key[1]) < 2 for k in by_prompt[key]),
                                key=lambda k: self.items[k][2].length)
-        shared.sort(key=lambda key: len(key[1]))
-        self.groups: list[tuple[list[tuple[int, ...]], list[list[tuple[int, int]]]]] = []
-        budget = _GROUP_BATCHES * self.batch_size
-        for members in group_by_budget([len(by_prompt[key]) for key in shared], budget):
-            keys = [shared[m] for m in members]
-            rows = [(g, k) for g, key in enumerate(keys) for k in by_prompt[key]]  # (prompt row, item)
-            rows.sort(key=lambda r: len(self.items[r[1]][2].response_ids))
-            cuts = split_batches([len(self.items[k][2].response_ids) + 1 for _, k in rows], self.batch_size,
-                                 _BATCH_OVERHEAD_POSITIONS)
-            self.groups.append(([key[1] for key in keys], [rows[a:b] for a, b in cuts]))
+        plan = plan_groups([len(key[1]) for key in shared],
+                           [[len(self.items[k][2].response_ids) for k in by_prompt[key]] for key in shared],
+                           self.batch_size)
+        self.groups: list[tuple[list[tuple[int, ...]], list[list[tuple[int, int]]]]] = [
+            ([shared[g][1] for g in prompts], [[(row, by_prompt[shared[g]][r]) for row, g, r in c] for c in chunks])
+            for prompts, chunks in plan]
 
     def work(self, mode: str) -> dict[str, int]:
         """Token positions the model runs in ``mode`` (padding included) and the real tokens among them.

@@ -10,9 +10,8 @@ import torch
 from llm.data import ProbeSet, load_probe_set, probe_set_from_pairs
 from llm.encoding import TruncationPolicy
 from llm.models import TINY_ARCHS, tiny_model
-from llm.prefix import split_batches
-from llm.probes import (_GROUP_BATCHES, ARGMAX_PROBE, GREEDY_PROBE, RESPONSE_STATISTICS, ProbeEvaluator,
-                        evaluate_sequential)
+from llm.prefix import GROUP_BATCHES, split_batches
+from llm.probes import ARGMAX_PROBE, GREEDY_PROBE, RESPONSE_STATISTICS, ProbeEvaluator, evaluate_sequential
 from llm.tokenization import train_bpe_tokenizer
 
 
@@ -70,7 +69,7 @@ def test_shared_batches_hold_their_prompt_groups_only(tokenizer, pairs, policy):
     # Memory: one group's cache at a time, each group a few batches of responses, never the whole set.
     probes = probe_set_from_pairs(pairs[:12], held_out=pairs[12:16], seed=0)
     evaluator = ProbeEvaluator(probes, tokenizer, policy, batch_size=4)
-    per_prompt, budget = len(probes.probe_types), _GROUP_BATCHES * 4
+    per_prompt, budget = len(probes.probe_types), GROUP_BATCHES * 4
     assert len(evaluator.groups) == -(-len(probes) // (budget // per_prompt)) > 1
     for prompts, chunks in evaluator.groups:
         assert len(prompts) * per_prompt <= budget and all(1 <= len(c) <= 4 for c in chunks)
