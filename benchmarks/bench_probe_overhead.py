@@ -2,9 +2,10 @@
 schedule): share of wall time spent in probe evaluation, from the run's own summary.json. Prints one JSON object.
 
 Trains DPO (precomputed reference) on synthetic pairs, with probes derived from the first training pairs (6 probe
-types + the teacher-forced argmax). The run directory goes to a temporary folder.
+types + the teacher-forced argmax), once per ``--probe-modes`` entry (same seed and data: an in-process comparison of
+the probe modes). The run directories go to a temporary folder.
 
-    python benchmarks/bench_probe_overhead.py [--examples 4000] [--num-probes 500] [--device auto]
+    python benchmarks/bench_probe_overhead.py [--examples 4000] [--num-probes 500] [--probe-modes shared,full]
 """
 
 from __future__ import annotations
@@ -31,30 +32,41 @@ def main() -> None:
     parser.add_argument("--model", default="tiny-gpt2")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--probe-modes", default="shared,full", help="comma-separated probe modes: shared, full")
+    parser.add_argument("--share-prompts", default="false", choices=("true", "false"),
+                        help="DPO prompt sharing in the training steps")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(loss=args.loss, model=args.model, tiny_hidden=args.hidden, tiny_layers=args.layers,
-                          num_synthetic=args.num_probes + 100, held_out=50, num_probes=args.num_probes,
-                          batch_size=args.batch_size, epochs=10_000, max_examples=args.examples,
-                          eval_every=args.eval_every, probe_batch_size=args.probe_batch_size,
-                          max_prompt_tokens=64, max_response_tokens=64, device=args.device, progress=False,
-                          save_model=False, out_dir=str(Path(tmp) / "run"))
-        result = train(cfg)
-        s = result.summary
-    evals = 1 + -(-args.examples // args.eval_every)
-    print(json.dumps({
+    modes = [m.strip() for m in args.probe_modes.split(",") if m.strip()]
+    runs = {}
+    for mode in modes:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = TrainConfig(loss=args.loss, model=args.model, tiny_hidden=args.hidden, tiny_layers=args.layers,
+                              num_synthetic=args.num_probes + 100, held_out=50, num_probes=args.num_probes,
+                              batch_size=args.batch_size, epochs=10_000, max_examples=args.examples,
+                              eval_every=args.eval_every, probe_batch_size=args.probe_batch_size,
+                              probe_mode=mode, share_prompts=args.share_prompts == "true",
+                              max_prompt_tokens=64, max_response_tokens=64, device=args.device, progress=False,
+                              save_model=False, out_dir=str(Path(tmp) / "run"))
+            s = train(cfg).summary
+        evals = 1 + -(-args.examples // args.eval_every)
+        runs[mode] = {"probe_mode_active": s["probe_mode"], "train_seconds": round(s["train_seconds"], 2),
+                      "probe_seconds": round(s["probe_seconds"], 2),
+                      "probe_seconds_per_evaluation": round(s["probe_seconds"] / evals, 3),
+                      "probe_share": round(s["probe_share"], 4)}
+    out = {
         "benchmark": "probe_overhead", "loss": args.loss, "examples": s["examples_seen"], "steps": s["step"],
         "eval_every": args.eval_every, "evaluations": evals, "num_probes": args.num_probes,
         "probe_sequences_per_eval": s["truncation_probes"]["num_sequences"],
         "model": f"{args.model} hidden {args.hidden} x {args.layers} layers",
         "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != "cpu" else "cpu",
-        "train_seconds": round(s["train_seconds"], 2), "probe_seconds": round(s["probe_seconds"], 2),
-        "probe_seconds_per_evaluation": round(s["probe_seconds"] / evals, 3),
-        "probe_share": round(s["probe_share"], 4),
-    }, indent=2))
+        "share_prompts": s["share_prompts"], "runs": runs,
+    }
+    if {"shared", "full"} <= set(runs):
+        out["probe_speedup_shared_vs_full"] = round(runs["full"]["probe_seconds"] / runs["shared"]["probe_seconds"], 2)
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,15 @@
-"""Benchmark probe evaluation: batched, length-sorted ProbeEvaluator vs the paper's method (one forward pass per
-example and probe type, batch 1) on the same tiny model. Prints one JSON object.
+"""Benchmark probe evaluation on one model in one process: shared prompts (each prompt once, its responses from its
+key/value cache) vs full sequences (every [prompt, response] its own sequence, length-sorted batches) vs the paper's
+method (one forward pass per example and probe type, batch 1), and the unique-token bound: the model's dense forward
+on exactly the set's unique tokens (each prompt once, each response once) packed into full rows of ``--bound-width``
+tokens with logits at every position, no statistics. Prints one JSON object.
 
-Probes are the paper's HH probe file (../shared/data/paper_probes/hh_formal_prob_train.jsonl) when present, else
-derived from synthetic pairs. Both methods are checked against each other (largest difference of the means).
+Probes are the paper's HH probe file (../shared/data/paper_probes/hh_formal_prob_train.jsonl: 500 prompts, every
+probe type) when present, else derived from synthetic pairs. Every mode's per-example arrays are checked against the
+full path (largest absolute difference). ``--memory`` (or ``--memory-only``) adds each mode's peak resident memory
+above its set-up, each mode alone in a fresh process.
 
-    python benchmarks/bench_probes.py [--num-prompts 500] [--device auto] [--batch-size 64]
+    python benchmarks/bench_probes.py [--probes FILE] [--num-prompts 500] [--batch-size 64] [--device auto]
 """
 
 from __future__ import annotations
@@ -12,6 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import resource
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,6 +45,94 @@ def _probe_set(path: str, num_prompts: int):
     return probe_set_from_pairs(pairs[:num_prompts], held_out=pairs[num_prompts:], seed=0), "synthetic pairs"
 
 
+def _setup(args):
+    device = resolve_device(args.device)
+    probes, source = _probe_set(args.probes, args.num_prompts)
+    texts = list(probes.prompts) + [t for v in probes.responses.values() for t in v if t]
+    tok = train_bpe_tokenizer(texts, vocab_size=2000)
+    model = tiny_model(args.arch, len(tok), seed=0, hidden=args.hidden, layers=args.layers).to(device).eval()
+    policy = TruncationPolicy(max_prompt_tokens=256, max_response_tokens=256, prompt_overflow="left_truncate")
+    return device, probes, source, tok, model, policy
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: torch.device, repeats: int):
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        result = fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def _unique_tokens(evaluator: ProbeEvaluator) -> list[int]:
+    """Each prompt once and each response once, as one token stream (the work no method can avoid)."""
+    prompts = {(i, s.prompt_ids) for _, i, s in evaluator.items}
+    return [t for _, p in sorted(prompts) for t in p] + [t for _, _, s in evaluator.items for t in s.response_ids]
+
+
+@torch.no_grad()
+def _dense_forward(model, tokens: list[int], width: int, batch_rows: int, device: torch.device) -> None:
+    rows = -(-len(tokens) // width)
+    ids = torch.zeros(rows * width, dtype=torch.long)
+    ids[: len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    ids = ids.view(rows, width).to(device)  # (rows, width): the unique tokens, packed
+    for start in range(0, rows, batch_rows):
+        model(input_ids=ids[start: start + batch_rows], use_cache=False)
+
+
+def _max_diff(a, b) -> float:
+    return max(float(np.nanmax(np.abs(a.per_example[p][s] - b.per_example[p][s]), initial=0.0))
+               for p in a.per_example for s in a.per_example[p])
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _peak_memory_child(args) -> None:
+    """Evaluate in one mode once in this fresh process; print its peak resident memory above the set-up process.
+
+    The tokenizer comes from the parent's folder (training one here would set the peak before evaluating).
+    """
+    from transformers import AutoTokenizer
+
+    device = resolve_device(args.device)
+    probes, _ = _probe_set(args.probes, args.num_prompts)
+    tok = AutoTokenizer.from_pretrained(args.tokenizer_dir)
+    model = tiny_model(args.arch, len(tok), seed=0, hidden=args.hidden, layers=args.layers).to(device).eval()
+    policy = TruncationPolicy(max_prompt_tokens=256, max_response_tokens=256, prompt_overflow="left_truncate")
+    evaluator = ProbeEvaluator(probes, tok, policy, batch_size=args.batch_size, mode=args.memory_child)
+    before, peak_before = _rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    evaluator(model)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"mode": args.memory_child, "active_mode": evaluator.active_mode, "rss_before_mib": before,
+                      "peak_before_mib": peak_before, "peak_mib": peak}))
+
+
+def _peak_memory(args, tok) -> dict:
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        for mode in ("full", "shared"):
+            cmd = [sys.executable, __file__, "--memory-child", mode, "--tokenizer-dir", tmp, "--probes", args.probes,
+                   "--num-prompts", str(args.num_prompts), "--arch", args.arch, "--hidden", str(args.hidden),
+                   "--layers", str(args.layers), "--batch-size", str(args.batch_size), "--device", args.device,
+                   "--threads", str(args.threads)]
+            child = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            if child["peak_mib"] <= child["peak_before_mib"]:
+                raise RuntimeError(f"{mode}: the set-up peak hides the evaluation's ({child})")
+            out[mode] = round(child["peak_mib"] - child["rss_before_mib"], 1)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-prompts", type=int, default=500)
@@ -43,39 +140,61 @@ def main() -> None:
     parser.add_argument("--arch", default="qwen2")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64, help="sequences (responses) per forward pass")
+    parser.add_argument("--bound-width", type=int, default=256, help="row length of the unique-token bound")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each batched mode (the best is kept)")
+    parser.add_argument("--skip-paper-method", action="store_true", help="leave out the slow batch-1 method")
+    parser.add_argument("--memory", action="store_true", help="also measure each mode's peak memory (subprocesses)")
+    parser.add_argument("--memory-only", action="store_true", help="measure the peak memory only (no timings)")
+    parser.add_argument("--memory-child", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--tokenizer-dir", default="", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-    probes, source = _probe_set(args.probes, args.num_prompts)
-    texts = list(probes.prompts) + [t for v in probes.responses.values() for t in v if t]
-    tok = train_bpe_tokenizer(texts, vocab_size=2000)
-    model = tiny_model(args.arch, len(tok), seed=0, hidden=args.hidden, layers=args.layers).to(device)
-    policy = TruncationPolicy(max_prompt_tokens=256, max_response_tokens=256, prompt_overflow="left_truncate")
-    evaluator = ProbeEvaluator(probes, tok, policy, batch_size=args.batch_size)
-    evaluator(model)  # warm-up (allocator, kernels)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    t0 = time.perf_counter()
-    batched = evaluator(model)
-    sync()
-    t_batched = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sequential = evaluate_sequential(model, probes, tok, policy)
-    sync()
-    t_seq = time.perf_counter() - t0
-    mb, ms = batched.means(), sequential.means()
-    diff = max(abs(mb[k] - ms[k]) for k in mb if np.isfinite(mb[k]))
+    if args.memory_child:
+        _peak_memory_child(args)
+        return
+    device, probes, source, tok, model, policy = _setup(args)
+    if args.memory_only:
+        print(json.dumps({"benchmark": "probe_evaluation_memory", "probe_source": source, "num_prompts": len(probes),
+                          "batch_size": args.batch_size, "peak_rss_above_setup_mib": _peak_memory(args, tok)},
+                         indent=2))
+        return
+    shared = ProbeEvaluator(probes, tok, policy, batch_size=args.batch_size, mode="shared")
+    full = ProbeEvaluator(probes, tok, policy, batch_size=args.batch_size, mode="full")
+    warm = probes.subset(min(len(probes), 16))  # allocator and kernels warm; the shared path's one-time check
+    ProbeEvaluator(warm, tok, policy, batch_size=args.batch_size, mode="full")(model)
+    ProbeEvaluator(warm, tok, policy, batch_size=args.batch_size, mode="shared")(model)
+    t_shared, r_shared = _timed(lambda: shared(model), device, args.repeats)
+    t_full, r_full = _timed(lambda: full(model), device, args.repeats)
+    unique = _unique_tokens(shared)
+    t_bound, _ = _timed(lambda: _dense_forward(model, unique, args.bound_width,
+                                               max(1, args.batch_size * 64 // args.bound_width), device),
+                        device, args.repeats)
+    paper_tokens = sum(s.length for _, _, s in full.items)
+    figures = {}
+    if not args.skip_paper_method:
+        t_paper, r_paper = _timed(lambda: evaluate_sequential(model, probes, tok, policy), device, 1)
+        figures = {"paper_method_seconds": round(t_paper, 3), "shared_vs_paper_method": round(t_paper / t_shared, 2),
+                   "full_vs_paper_method": round(t_paper / t_full, 2),
+                   "max_abs_diff_paper_method_vs_full": _max_diff(r_paper, r_full)}
     print(json.dumps({
         "benchmark": "probe_evaluation", "probe_source": source, "num_prompts": len(probes),
-        "probe_types": len(probes.probe_types), "num_sequences": evaluator.truncation["num_sequences"],
+        "probe_types": len(probes.probe_types), "num_sequences": full.truncation["num_sequences"],
         "model": f"tiny-{args.arch} hidden {args.hidden} x {args.layers} layers, V={len(tok)}",
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
-        "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size,
-        "batched_seconds": round(t_batched, 3), "paper_method_seconds": round(t_seq, 3),
-        "speedup": round(t_seq / t_batched, 1), "max_abs_diff_of_means": diff,
+        "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "shared_active": shared.active_mode,
+        "shared_seconds": round(t_shared, 3), "full_seconds": round(t_full, 3),
+        "unique_token_bound_seconds": round(t_bound, 3), "shared_vs_full": round(t_full / t_shared, 2),
+        **{k: v for k, v in figures.items() if k != "max_abs_diff_paper_method_vs_full"},
+        "shared_over_bound": round(t_shared / t_bound, 2),
+        "tokens": {"paper_method": {"padded_positions": paper_tokens, "real_tokens": paper_tokens},
+                   "full": full.work("full"), "shared": shared.work("shared"), "unique": len(unique),
+                   "bound_positions": -(-len(unique) // args.bound_width) * args.bound_width},
+        "max_abs_diff_shared_vs_full": _max_diff(r_shared, r_full),
+        **{k: v for k, v in figures.items() if k == "max_abs_diff_paper_method_vs_full"},
+        **({"peak_rss_above_setup_mib": _peak_memory(args, tok)} if args.memory else {}),
     }, indent=2))
 
 

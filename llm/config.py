@@ -135,7 +135,7 @@ class TrainConfig(_ModelData):
     checkpoint_every: int = _f(0, "save a resumable checkpoint every this many steps (0: only at the end)")
     checkpoint_at_end: bool = _f(True, "save a checkpoint (model + optimizer state) when the run completes; runs "
                                        "chained in-process (validation phases) skip it")
-    share_prompts: bool = _f(False, "paired losses: run each pair's prompt once and score y+ and y- from its "
+    share_prompts: bool = _f(True, "paired losses: run each pair's prompt once and score y+ and y- from its "
                                    "key/value cache, in the policy step and the reference (same values to float32 "
                                    "rounding; off, or a model that cannot, scores them as separate sequences)")
     reference: Literal["precomputed", "per_step"] = _f("precomputed", "reference log-probs: computed once for the "
