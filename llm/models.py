@@ -15,7 +15,6 @@ from safetensors import SafetensorError
 from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, PretrainedConfig,
                           PreTrainedModel, Qwen2Config)
 
-from llm.tokenization import run_dir_hint
 from llm.load_checks import check_loading_info, check_model_dir
 
 __all__ = ["TINY_ARCHS", "tiny_config", "tiny_model", "load_model", "resolve_dtype", "resolve_device"]
@@ -102,9 +101,6 @@ def load_model(name_or_path: str, *, dtype: str | torch.dtype = "float32", devic
         device: "cpu", "cuda", "cuda:1" or "auto".
         attn_implementation: e.g. "eager" for torch.func work, "sdpa" for speed; None keeps the model's default.
     """
-    hint = run_dir_hint(name_or_path)
-    if hint:
-        raise ValueError(f"cannot load a causal LM from {name_or_path!r}{hint}")
     kwargs = {"dtype": resolve_dtype(dtype)}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation

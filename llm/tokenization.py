@@ -88,23 +88,12 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBa
     return tokenizer
 
 
-def run_dir_hint(name_or_path: str) -> str:
-    """" (did you mean RUN/model?)" when ``name_or_path`` is a run directory holding a saved model, else ""."""
-    path = Path(name_or_path)
-    if (path / "model").is_dir() and not (path / "tokenizer_config.json").exists():
-        return f"; {path} is a run directory: did you mean {path / 'model'}?"
-    return ""
-
-
 def load_tokenizer(name_or_path: str, flag: str = "--tokenizer") -> PreTrainedTokenizerBase:
     """Load a tokenizer from a local directory (or a hub id) and check its files and pad/eos tokens.
 
     Args:
         flag: the option that named the folder, for messages (``--model`` when the model's own tokenizer is used).
     """
-    hint = run_dir_hint(name_or_path)
-    if hint:
-        raise ValueError(f"cannot load a tokenizer from {name_or_path!r}{hint}")
     check_tokenizer_dir(name_or_path, flag)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)

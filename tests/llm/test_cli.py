@@ -77,7 +77,7 @@ def test_help_lists_choices_and_states_each_default_once(capsys):
     hints = typing.get_type_hints(TrainConfig)
     for name in ("prompt_overflow", "reference", "data_format"):
         assert "{" + ",".join(typing.get_args(hints[name])) + "}" in text, name
-    assert "--progress {true,false}" in text
+    assert "--progress [{true,false}]" in text  # a bare --progress means true
     assert "(default: None)" not in text and "(default: the loss's, 0.1) (default" not in text
     assert text.count("(default: 0.1)") == 0 and "(default: error)" in text
 
@@ -158,3 +158,12 @@ def test_eval_defaults_to_the_papers_500_prompts_or_all_there_are(tmp_path, caps
     assert main(["eval", *argv, "--out-dir", str(tmp_path / "ev"), "--progress", "false"]) == 0
     chosen = next(line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("chosen "))
     assert int(chosen[-1]) == 8  # the 10 synthetic pairs minus 2 held out: every derived probe prompt
+
+
+def test_training_shows_phase_step_and_eta_unless_progress_false(tmp_path, capfd):
+    argv = [a for a in _SMALL if a not in ("--progress", "false")]
+    assert main(["sft", *argv, "--out-dir", str(tmp_path / "a")]) == 0
+    err = capfd.readouterr().err
+    assert "sft:" in err and "step" in err and "<" in err  # tqdm: phase, steps done / total, remaining time
+    assert main(["sft", *argv, "--progress", "false", "--out-dir", str(tmp_path / "b")]) == 0
+    assert "sft:" not in capfd.readouterr().err
