@@ -122,12 +122,14 @@ def check_model_fits(model, tokenizer, cfg, *, loaded: bool) -> None:
     Args:
         loaded: the model came from a folder or the hub (tiny models are built to fit the budgets).
     """
-    vocab = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > vocab:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    config = getattr(model, "config", None)
+    vocab = getattr(embeddings, "num_embeddings", None) or getattr(config, "vocab_size", None)
+    if isinstance(vocab, int) and len(tokenizer) > vocab:
         raise ValueError(f"the tokenizer has {len(tokenizer)} tokens but the model embeds only {vocab}: ids from "
                          f"{vocab} on have no embedding; use the model's own tokenizer (--tokenizer) or a model "
                          "built for this one")
-    positions = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+    positions = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     need = cfg.max_prompt_tokens + max(cfg.max_response_tokens, cfg.greedy_max_new_tokens)
     if loaded and isinstance(positions, int) and need > positions:
         raise ValueError(f"--max-prompt-tokens {cfg.max_prompt_tokens} + max(--max-response-tokens "
