@@ -85,3 +85,15 @@ def test_bad_configs_are_refused_before_any_work(change, message):
     with pytest.raises(ValueError) as err:
         dataclasses.replace(pd.Config(), **change)
     assert message in str(err.value)
+
+
+def test_cell_table_lists_every_cell_with_its_outcome(small_result):
+    rows = pd.cell_table(small_result)
+    cfg = small_result.config
+    assert len(rows) == int(np.prod(cfg.shape))
+    idx = (0, 0, 0, len(cfg.peakiness) - 1, len(cfg.rejected_quantiles) - 1)
+    row = next(r for r in rows if r["algorithm"] == cfg.algorithms[0] and r["eta"] == cfg.etas[0]
+               and r["V"] == cfg.vocab_sizes[0] and r["peakiness"] == cfg.peakiness[-1]
+               and r["rejected_quantile"] == cfg.rejected_quantiles[-1])
+    assert row["fell"] == bool(small_result.fell[idx])
+    assert row["delta_logp_chosen"] == float(small_result.delta_logp_chosen[idx]) or np.isnan(row["delta_logp_chosen"])
