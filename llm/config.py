@@ -180,6 +180,9 @@ class TrainConfig(_ModelData):
     explain_prompts: int = _f(0, "> 0: attribute every probe's per-step change of the first this many probe "
                               "prompts to the loss's terms along the real optimizer update (llm.explain; saved "
                               "under explain/; read with `python -m llm explain RUN_DIR`)")
+    token_view: int = _f(0, "> 0: write token_view.json at the end: for the first this many y+ probes, the per-token "
+                            "change of log pi over the run and the tokens that gained the most probability at each "
+                            "position (llm.token_view; shown on the app's Online RL page)")
 
     def __post_init__(self) -> None:
         self._check_common()
@@ -189,6 +192,8 @@ class TrainConfig(_ModelData):
 
         if self.loss not in Objective.known() and self.loss not in group_loss_names():
             raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(Objective.known() + group_loss_names())}")
+        if self.token_view < 0:
+            raise ValueError(f"token_view must be >= 0, got {self.token_view}")
         if self.explain_prompts < 0:
             raise ValueError(f"explain_prompts must be >= 0, got {self.explain_prompts}")
         for name in ("batch_size", "grad_accum", "epochs", "eval_every"):

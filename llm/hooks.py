@@ -76,9 +76,15 @@ def call_hooks(hooks: Sequence[object], method: str, arg) -> None:
 
 
 def hooks_from_config(cfg) -> list[object]:
-    """The hooks a config asks for: the explain attribution when ``cfg.explain_prompts > 0``."""
+    """The hooks a config asks for: the explain attribution when ``cfg.explain_prompts > 0``, the token view
+    (llm.token_view) when ``cfg.token_view > 0``."""
+    hooks: list[object] = []
     if getattr(cfg, "explain_prompts", 0) > 0:
         from llm.explain import AttributionHook
 
-        return [AttributionHook(num_prompts=cfg.explain_prompts)]
-    return []
+        hooks.append(AttributionHook(num_prompts=cfg.explain_prompts))
+    if getattr(cfg, "token_view", 0) > 0:
+        from llm.token_view import TokenViewHook
+
+        hooks.append(TokenViewHook(cfg.token_view))
+    return hooks

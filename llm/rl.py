@@ -25,6 +25,7 @@ import dataclasses
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import torch
@@ -232,6 +233,14 @@ def train_rl(cfg: TrainConfig, reward_fn: RewardFn, model=None, tokenizer=None, 
         timing["probe_seconds"] += time.perf_counter() - t0
         return result
 
+    view = None
+    if cfg.token_view:  # the start's weights are saved once, so a resumed run compares with the same start
+        from llm.token_view import TokenViewHook
+
+        view = TokenViewHook(cfg.token_view)
+        view_run = SimpleNamespace(run_dir=run_dir, model=model, tokenizer=tok, probes=probe_set,
+                                   policy=inputs.policy)
+        view.on_train_begin(view_run)
     if step == 0:
         last = probe_now()
     model.train()
@@ -302,6 +311,8 @@ def train_rl(cfg: TrainConfig, reward_fn: RewardFn, model=None, tokenizer=None, 
             writer.close()
             return TrainResult(run_dir, model, tok, "stopped", step, seen, last, summary)
     writer.close()
+    if view is not None:
+        view.on_train_end(view_run)
     final_probes = _means(last)
     if cfg.checkpoint_at_end:
         save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,

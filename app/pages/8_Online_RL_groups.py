@@ -6,6 +6,7 @@ import json
 import pandas as pd
 import streamlit as st
 
+from llm.token_view import TOKEN_VIEW_FILE, load_token_view, token_view_rows
 from toykit.experiments import group_rl
 
 st.set_page_config(page_title="Online RL: groups and lazy likelihood displacement", layout="wide")
@@ -76,3 +77,19 @@ else:
         st.caption("Per-token change of log pi over that step (summed over the inner updates). Tokens: the "
                    "target in [brackets], EOS ends a response, '-' after the end.")
         st.dataframe(tables[shown], hide_index=True, width="stretch")
+
+st.header("Token view of an LLM run")
+st.markdown("Runs trained with `--token-view N` (`python -m llm train --loss grpo --token-view 4`, or any SFT / DPO "
+            "run) save, for the first N y+ probes, each token's change of log pi over the run and the tokens that "
+            "gained the most probability at that position.")
+run_folder = st.text_input("Run folder", value="", key="token_view_run")
+if run_folder:
+    view = load_token_view(run_folder)
+    if view is None:
+        st.error(f"No {TOKEN_VIEW_FILE} in {run_folder}: train with --token-view N.")
+    else:
+        labels = {f"probe {p['probe']}: {p['prompt'].strip()[:60]}": p["probe"] for p in view["probes"]}
+        chosen = st.selectbox("Probe", list(labels), key="token_view_probe")
+        st.caption(f"Probe type {view['probe_type']}; log pi per token (teacher forcing), before and after the run; "
+                   f"top {view['top_k']} gainers: largest pi_after(v) - pi_before(v) at that position.")
+        st.dataframe(pd.DataFrame(token_view_rows(view, labels[chosen])), hide_index=True, width="stretch")
