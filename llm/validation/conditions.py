@@ -103,7 +103,7 @@ def one_step_change(cfg: TrainConfig, model, tokenizer, pairs: Sequence[Preferen
     evaluator = ProbeEvaluator(probes, tokenizer, _POLICY, batch_size=cfg.probe_batch_size)
     before = evaluator(model)
     step_cfg = dataclasses.replace(cfg, warmup_steps=0, epochs=1, max_examples=cfg.batch_size * cfg.grad_accum,
-                                   eval_every=10 ** 9, greedy_max_new_tokens=0, out_dir=str(out_dir),
+                                   eval_every=10 ** 9, greedy_max_new_tokens=0, out_dir=str(out_dir), explain_prompts=0,
                                    progress=False, phase=f"{cfg.phase_name}_one_step")
     after = train(step_cfg, model=copy.deepcopy(model), tokenizer=tokenizer, pairs=list(pairs), probes=probes).probes
     changes = [np.abs(after.per_example[p]["logp_sum"] - before.per_example[p]["logp_sum"])

@@ -29,6 +29,9 @@ class ValidateConfig:
         "help": "print progress to stderr: a line per seed and each training phase's bar (phase, step, ETA)"})
     threads: int = field(default=1, metadata={
         "help": "torch CPU threads during the run (tiny models are fastest on one; 0 keeps torch's setting)"})
+    workers: int = field(default=3, metadata={
+        "help": "seeds run in this many parallel processes (each with --threads threads); 1 = one after another "
+                "in this process; a --time-budget-s runs them one after another"})
     time_budget_s: float = field(default=0.0, metadata={
         "help": "stop before a seed that would not finish within this many seconds (judged from the seeds done); "
                 "the report covers the seeds that finished; 0 = no limit"})
@@ -49,6 +52,8 @@ class ValidateConfig:
             raise ValueError(f"time_budget_s must be >= 0 (0 = no limit), got {self.time_budget_s}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.explain_prompts < 0:
             raise ValueError(f"explain_prompts must be >= 0, got {self.explain_prompts}")
         if self.held_out < 1 or self.num_probes < 2:

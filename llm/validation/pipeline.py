@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,7 +28,8 @@ import torch
 
 from llm.config import TrainConfig
 from llm.data import PreferencePair, ProbeSet, load_pairs, load_probe_set, probe_set_from_pairs
-from llm.encoding import EncodedSequence
+from llm.encoding import EncodedSequence, TruncationPolicy
+from llm.probes import GREEDY_PROBE, ProbeEvaluator
 from llm.validation.explain_phases import phase_attribution
 from llm.validation.config import ValidateConfig
 from llm.validation.judge import Judge
@@ -40,6 +43,8 @@ from llm.validation.rl_claims import RL_CLAIMS, rl_markdown, run_rl_phase
 from llm.runs import read_run_metrics
 from llm.tokenization import load_tokenizer
 from llm.training import train
+from llm.validation.lm_pretraining import pretrain
+from llm.validation.fingerprint import fingerprint
 from llm.validation.conditions import argmax_positions, argmax_split, bigram_overlap, ches_similarity, one_step_change
 from llm.validation.world import PROBE_KEYS, World, WorldConfig, build_world, save_world, world_tokenizer
 from toykit.configs import config_to_dict
@@ -55,30 +60,32 @@ _PROBE_STATS = ("logp_sum", "logp_mean", "entropy", "energy", "peakiness", "top1
 @dataclass(frozen=True)
 class Preset:
     """Sizes of one validation preset: world, model, pretraining, the finetuning schedules of both step regimes,
-    probes and Prop. 1. Each phase is probed ``evals_per_phase`` times (plus at its start), whatever its length."""
+    probes and Prop. 1. SFT phases are probed ``sft_evals`` times (plus at their start), DPO phases ``dpo_evals``
+    times, whatever their length; the greedy response (decoded up to ``greedy_max_new_tokens``) at start and end."""
 
     world: WorldConfig
     arch: str = "gpt2"
     hidden: int = 64
     layers: int = 2
     heads: int = 2
-    pretrain_epochs: int = 40
+    pretrain_epochs: int = 15
     pretrain_lr: float = 3e-3
     pretrain_batch: int = 32
     optimizer: str = "adamw"
     sft_lr: float = 1e-4
     sft_warmup: int = 10
     sft_epochs: int = 3
-    dpo_lr: float = 2e-5
+    dpo_lr: float = 1e-4
     dpo_warmup: int = 20
-    dpo_epochs: int = 8
+    dpo_epochs: int = 6
     #: the "large step" regime of the DPO phases (a labelled second column): the old preset's lr, no warm-up.
     large_dpo_lr: float = 5e-4
-    large_dpo_epochs: int = 6
+    large_dpo_epochs: int = 4
     large_phases: tuple[str, ...] = ("dpo", "extend_dpo")
     beta: float = 0.1
     batch_size: int = 8
-    evals_per_phase: int = 20
+    sft_evals: int = 20
+    dpo_evals: int = 10
     probe_batch_size: int = 32
     greedy_max_new_tokens: int = 72
     onpolicy_samples: int = 4
@@ -98,9 +105,9 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # The reduced pipeline of the test suite: every phase, two tiny seeds, well under a minute.
     "test": Preset(WorldConfig(n_entities=8, n_probes=6, docs_per_entity=3, n_unrelated=40, vocab_size=600),
-                   hidden=32, pretrain_epochs=6, sft_epochs=2, dpo_epochs=2, large_dpo_epochs=1, evals_per_phase=4,
-                   greedy_max_new_tokens=64, onpolicy_samples=2, prop1_probes=2, prop1_steps=1, rl_steps=2,
-                   rl_prompts=2, rl_generations=2),
+                   hidden=32, pretrain_epochs=6, dpo_lr=2e-5, sft_epochs=2, dpo_epochs=2, large_dpo_epochs=1,
+                   sft_evals=4, dpo_evals=3, greedy_max_new_tokens=64, onpolicy_samples=2, prop1_probes=2,
+                   prop1_steps=1, rl_steps=2, rl_prompts=2, rl_generations=2),
     # Three seeds in under 10 minutes on 2 CPU cores.
     "cpu": Preset(WorldConfig()),
     # The same pipeline and design sized for one H200: a ~50M-parameter model, a larger world, bf16.
@@ -112,41 +119,6 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def pretrain(model, tokenizer, texts: Sequence[str], *, epochs: int, lr: float, batch_size: int, seed: int,
-             device: torch.device, bf16: bool = False) -> list[float]:
-    """Train ``model`` from scratch as a language model on ``texts`` (each ends with eos); return epoch losses.
-
-    Math: minimise the mean next-token cross-entropy over all non-pad tokens (AdamW, 5% linear warm-up).
-    """
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    seqs = [tokenizer(t, add_special_tokens=False)["input_ids"] + [eos] for t in texts]
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    total = epochs * ((len(seqs) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, total // 20)))
-    model.to(device).train()
-    losses = []
-    for _ in range(epochs):
-        order, total_loss = torch.randperm(len(seqs), generator=gen).tolist(), 0.0
-        for start in range(0, len(order), batch_size):
-            batch = [seqs[i] for i in order[start: start + batch_size]]
-            width = max(len(s) for s in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (N, L)
-            attn = torch.zeros_like(ids)
-            for n, s in enumerate(batch):
-                ids[n, : len(s)], attn[n, : len(s)] = torch.tensor(s), 1
-            labels = ids.masked_fill(attn == 0, -100)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
-                loss = model(input_ids=ids.to(device), attention_mask=attn.to(device), labels=labels.to(device)).loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            total_loss += float(loss.detach()) * len(batch)
-        losses.append(total_loss / len(seqs))
-    model.eval()
-    return losses
 
 
 def _prompt_batch(tokenizer, prompts: Sequence[str], device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,16 +213,22 @@ class _Phases:
         self.seconds: dict[str, float] = {}
         self.explain_prompts, self.explain_forecast = 0, False  # set from ValidateConfig (llm.validation.explain_phases)
         self.attribution: dict[str, dict[str, Any]] = {}
+        # The greedy response is decoded at the start and the end of each phase only (its claims are Deltas).
+        self.greedy = ProbeEvaluator(ProbeSet(probes.prompts, {"chosen": probes.responses["chosen"]},
+                                               source=probes.source), tokenizer, TruncationPolicy(),
+                                      batch_size=preset.probe_batch_size,
+                                      greedy_max_new_tokens=preset.greedy_max_new_tokens)
 
     def run(self, name: str, loss: str, start_model, pairs: Sequence[PreferencePair], *, epochs: int, lr: float,
             warmup: int = 0, max_examples: int | None = None):
         p = self.preset
         n_examples = max_examples or epochs * len(pairs)
+        evals = p.sft_evals if loss in ("sft", "extend") else p.dpo_evals
         cfg = TrainConfig(model=self.model_name, loss=loss, phase=name, optimizer=p.optimizer, lr=lr,
                           warmup_steps=warmup, batch_size=p.batch_size, epochs=epochs, max_examples=max_examples,
-                          eval_every=max(1, n_examples // p.evals_per_phase),
+                          eval_every=max(1, n_examples // evals),
                           beta=p.beta if loss != "extend" and loss != "sft" else None,
-                          held_out=0, num_probes=len(self.probes), greedy_max_new_tokens=p.greedy_max_new_tokens,
+                          held_out=0, num_probes=len(self.probes), greedy_max_new_tokens=0,
                           dtype=p.dtype, bf16=p.bf16, device=self.device, seed=self.seed, save_model=False,
                           checkpoint_at_end=False, probe_batch_size=p.probe_batch_size,
                           progress=self.progress, out_dir=str(self.dir / name), explain_prompts=self.explain_prompts)
@@ -261,6 +239,7 @@ class _Phases:
                                  "max_step": one_step_change(cfg, start_model, self.tok, pairs, self.probes,
                                                              self.dir / "one_step" / name)}
         start = argmax_positions(start_model, self.tok, self.probes)
+        greedy_start = self.greedy(start_model)
         result = train(cfg, model=copy.deepcopy(start_model), tokenizer=self.tok, pairs=list(pairs),
                        probes=self.probes)
         self.argmax_split[name] = argmax_split(start, argmax_positions(result.model, self.tok, self.probes))
@@ -268,6 +247,9 @@ class _Phases:
             self.attribution[name] = phase_attribution(result, cfg, start_model, self.tok, pairs, self.probes,
                                                        with_forecast=self.explain_forecast)
         self.rows.extend(_probe_rows(result.run_dir))
+        for res, step, seen in ((greedy_start, 0, 0), (self.greedy(result.model), result.step, result.examples_seen)):
+            self.rows.extend({k: r[k] for k in ("phase", "step", "examples_seen", "probe", "statistic", "value")}
+                             for r in res.rows(step, seen, name) if r["probe"] == GREEDY_PROBE)
         self.seconds[name] = time.perf_counter() - t0
         return result
 
@@ -369,6 +351,13 @@ def run_seed(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path) -> 
     return SeedResult(seed, tuple(phases.rows), win, prop1, extras), prop1_results
 
 
+def _seed_job(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path):
+    """``run_seed`` in a worker process, with the run's thread setting."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    return run_seed(cfg, preset, seed, seed_dir)
+
+
 def _mean_rows(seeds: Sequence[SeedResult]) -> list[dict[str, Any]]:
     """Average the seeds' probe rows point by point (same schedule in every seed) into tidy rows."""
     groups: dict[tuple, list[float]] = {}
@@ -394,23 +383,39 @@ def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
     doc: dict[str, Any] = {}
     threads = torch.get_num_threads()
     reporter = LineReporter("validate", interval=0.0) if cfg.progress else None
+    workers = 1 if cfg.time_budget_s else min(cfg.workers, len(cfg.seeds))
+
+    def finished(result, p1) -> dict[str, Any]:
+        seeds.append(result)
+        prop1_results.append(p1)
+        status = "completed" if len(seeds) == len(cfg.seeds) else f"partial: {len(seeds)} seed(s) done"
+        return _write_outputs(run_dir, cfg, preset, seeds, prop1_results, time.perf_counter() - t0, status)
+
     try:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        for k, seed in enumerate(cfg.seeds):
-            elapsed = time.perf_counter() - t0
-            if cfg.time_budget_s and k and elapsed + elapsed / k > cfg.time_budget_s:
-                print(f"time budget: stopping after {k} seed(s) ({elapsed:.0f} s of {cfg.time_budget_s:.0f} s)")
-                break
+        if workers > 1:  # fresh interpreters (spawn): each seed's numbers are those of a run on its own
             if reporter:
-                reporter(f"seeds (seed {seed} next: pretrain, SFT, extend, DPO phases, Prop. 1)", k, len(cfg.seeds))
-            result, p1 = run_seed(cfg, preset, seed, run_dir / f"seed_{seed}")
-            seeds.append(result)
-            prop1_results.append(p1)
-            status = "completed" if len(seeds) == len(cfg.seeds) else f"partial: {len(seeds)} seed(s) done"
-            doc = _write_outputs(run_dir, cfg, preset, seeds, prop1_results, time.perf_counter() - t0, status)
+                reporter(f"seeds {list(cfg.seeds)} in {workers} processes (pretrain, SFT, extend, DPO, Prop. 1)",
+                         0, len(cfg.seeds))
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                jobs = [pool.submit(_seed_job, cfg, preset, seed, run_dir / f"seed_{seed}") for seed in cfg.seeds]
+                for job in jobs:  # in seed order, so the report after each one covers a prefix of the seeds
+                    doc = finished(*job.result())
+        else:
+            for k, seed in enumerate(cfg.seeds):
+                elapsed = time.perf_counter() - t0
+                if cfg.time_budget_s and k and elapsed + elapsed / k > cfg.time_budget_s:
+                    print(f"time budget: stopping after {k} seed(s) ({elapsed:.0f} s of {cfg.time_budget_s:.0f} s)")
+                    break
+                if reporter:
+                    reporter(f"seeds (seed {seed} next: pretrain, SFT, extend, DPO phases, Prop. 1)", k,
+                             len(cfg.seeds))
+                doc = finished(*run_seed(cfg, preset, seed, run_dir / f"seed_{seed}"))
     finally:
         torch.set_num_threads(threads)
+    if not cfg.model:  # the fast check that a committed copy of this run still matches the code
+        write_json(run_dir / "fingerprint.json", fingerprint(preset, seeds[0].seed))
     if len(seeds) < len(cfg.seeds):
         doc = _write_outputs(run_dir, cfg, preset, seeds, prop1_results, time.perf_counter() - t0,
                              f"stopped by the time budget after {len(seeds)} of {len(cfg.seeds)} seeds")

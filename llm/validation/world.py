@@ -61,9 +61,9 @@ class WorldConfig:
     n_entities: int = field(default=48, metadata={"help": "number of entities (each has every attribute)"})
     test_fraction: float = field(default=0.62, metadata={
         "help": "share of questions held out of training (their prompts judge the win rate)"})
-    n_probes: int = field(default=32, metadata={"help": "training pairs tracked as probes (the first ones)"})
-    docs_per_entity: int = field(default=6, metadata={"help": "pretraining documents per entity (all its facts)"})
-    n_unrelated: int = field(default=600, metadata={"help": "fluent unrelated sentences in the corpus"})
+    n_probes: int = field(default=24, metadata={"help": "training pairs tracked as probes (the first ones)"})
+    docs_per_entity: int = field(default=3, metadata={"help": "pretraining documents per entity (all its facts)"})
+    n_unrelated: int = field(default=300, metadata={"help": "fluent unrelated sentences in the corpus"})
     dialogue_fraction: float = field(default=0.5, metadata={
         "help": "share of all questions that also appear as a dialogue in the corpus (any answer style)"})
     vocab_size: int = field(default=2048, metadata={"help": "target vocabulary of the world's byte-level BPE"})
