@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import multiprocessing
+import resource
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -416,6 +418,10 @@ def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
         torch.set_num_threads(threads)
     if not cfg.model:  # the fast check that a committed copy of this run still matches the code
         write_json(run_dir / "fingerprint.json", fingerprint(preset, seeds[0].seed))
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    summary["cpu_seconds"] = sum(u.ru_utime + u.ru_stime for u in usage)  # all processes: a figure load-free
+    write_json(run_dir / "summary.json", summary)
     if len(seeds) < len(cfg.seeds):
         doc = _write_outputs(run_dir, cfg, preset, seeds, prop1_results, time.perf_counter() - t0,
                              f"stopped by the time budget after {len(seeds)} of {len(cfg.seeds)} seeds")

@@ -12,7 +12,7 @@ import numpy as np
 from llm.validation.report import (ARGMAX, BOOTSTRAP, CONDITIONS, GREEDY, LARGE_SUFFIX, MIN_EVALS, PHASES,
                                    RESPONSE_PROBES, SeedResult, paired_bootstrap, phase_conditions)
 
-__all__ = ["plot_probe_curves", "plot_baseline_vs_extend", "report_markdown"]
+__all__ = ["plot_probe_curves", "plot_baseline_vs_extend", "report_markdown", "readme_table"]
 
 
 def _mean_curves(seeds: Sequence[SeedResult], phase: str, probe: str, statistic: str = "logp_sum"):
@@ -176,3 +176,18 @@ def report_markdown(doc: dict[str, Any], seeds: Sequence[SeedResult], figures: d
                      f"{_fmt(w['ties'])} | {_fmt(w['losses'])} | {len(per_prompt)} |")
     lines += ["", "## Figures", ""] + [f"![{name}]({path})" for name, path in figures.items()]
     return "\n".join(lines) + "\n"
+
+
+def readme_table(doc: dict[str, Any]) -> str:
+    """The README's results table of a claims.json document: verdict, seeds holding and mean, both regimes."""
+    large = {c["name"]: c for c in doc.get("large_step", [])}
+
+    def cell(c: dict[str, Any] | None) -> str:
+        if c is None:
+            return "-"
+        return f"{c['verdict']} ({c['seeds_holding']}/{c['n_seeds']}; mean {_fmt(c['mean'])})"
+
+    lines = ["| claim | paper says | small steps (the paper's regime) | large steps (lr 5e-4, no warm-up) |",
+             "|---|---|---|---|"]
+    lines += [f"| `{c['name']}` | {c['claim']} | {cell(c)} | {cell(large.get(c['name']))} |" for c in doc["claims"]]
+    return "\n".join(lines)
