@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu", choices=["test", "cpu", "gpu"])
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     parser.add_argument("--out-dir", default=None, help="keep the run here (default: a temporary directory)")
-    parser.add_argument("--workers", type=int, default=2, help="seeds run in parallel processes (1: in this one)")
+    parser.add_argument("--workers", type=int, default=3, help="seeds run in parallel processes (1: in this one)")
     args = parser.parse_args()
 
     import torch

@@ -74,10 +74,10 @@ class Preset:
     pretrain_lr: float = 3e-3
     pretrain_batch: int = 32
     optimizer: str = "adamw"
-    sft_lr: float = 1e-4
+    sft_lr: float = 3e-5
     sft_warmup: int = 10
     sft_epochs: int = 3
-    dpo_lr: float = 1e-4
+    dpo_lr: float = 3e-5
     dpo_warmup: int = 20
     dpo_epochs: int = 6
     #: the "large step" regime of the DPO phases (a labelled second column): the old preset's lr, no warm-up.
