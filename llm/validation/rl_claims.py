@@ -84,7 +84,7 @@ def run_rl_phase(phases, reward: Callable[[list[str], list[str]], list[float]], 
     n_examples = p.rl_steps * p.rl_prompts
     cfg = TrainConfig(model=phases.model_name, loss=RL_PHASE, phase=RL_PHASE, optimizer=p.optimizer, lr=p.rl_lr,
                       batch_size=p.rl_prompts, max_examples=n_examples,
-                      eval_every=max(1, n_examples // p.evals_per_phase), held_out=0, num_probes=len(phases.probes),
+                      eval_every=max(1, n_examples // p.dpo_evals), held_out=0, num_probes=len(phases.probes),
                       greedy_max_new_tokens=p.greedy_max_new_tokens, num_generations=p.rl_generations,
                       max_completion_length=p.greedy_max_new_tokens, temperature=p.temperature, dtype=p.dtype,
                       bf16=p.bf16, device=phases.device, seed=phases.seed, save_model=False,
