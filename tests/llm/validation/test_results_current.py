@@ -21,10 +21,7 @@ from llm.validation.report import CLAIMS, CONDITIONS
 
 ROOT = Path(__file__).resolve().parents[3]
 RESULTS = ROOT / "results" / "cpu"
-#: results/cpu was produced at commit e35d083, before the GRPO phase's preset fields landed, so its fingerprint
-#: (preset digest) no longer matches; strict=True turns this red once results/cpu is regenerated at HEAD.
-STALE = pytest.mark.xfail(strict=True, reason="results/cpu predates the GRPO preset fields; regenerate with "
-                                              "python -m llm validate --preset cpu --out-dir results/cpu")
+
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +51,6 @@ def test_committed_verdicts_follow_from_their_values(committed):
     assert committed["held"] == sum(c["verdict"] == "holds" for c in committed["claims"])
 
 
-@STALE
 def test_the_code_still_computes_the_committed_run():
     committed = json.loads((RESULTS / "fingerprint.json").read_text())
     current = fingerprint(PRESETS["cpu"], committed["seed"])
