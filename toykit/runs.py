@@ -122,6 +122,16 @@ def _git_sha() -> str | None:
         return None
 
 
+def _portable_argv(argv: list[str]) -> list[str]:
+    """``sys.argv`` with the script path relative to the working directory (no machine paths in a result)."""
+    if not argv or not os.path.isabs(argv[0]):
+        return list(argv)
+    try:
+        return [os.path.relpath(argv[0]), *argv[1:]]
+    except ValueError:  # another drive (Windows)
+        return [os.path.basename(argv[0]), *argv[1:]]
+
+
 def env_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Versions, git sha and device: what a reader needs to reproduce a result."""
     info: dict[str, Any] = {
@@ -129,7 +139,7 @@ def env_info(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "time_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "git_sha": _git_sha(),
-        "argv": sys.argv,
+        "argv": _portable_argv(sys.argv),
     }
     for name in ("numpy", "torch", "sympy", "matplotlib", "transformers", "tokenizers", "streamlit", "sklearn"):
         mod = sys.modules.get(name)
