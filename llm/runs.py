@@ -16,7 +16,6 @@ for line-oriented files, the line.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from toykit.runs import iter_jsonl
+from toykit.runs import iter_jsonl, read_json
 
 __all__ = [
     "TIDY_COLUMNS", "REDUCTIONS", "PAPER_EVAL_EVERY",
@@ -108,12 +107,7 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
 def _read_json_file(path: Path) -> Any:
     if not path.is_file():
         raise ValueError(f"{path} is not a file")
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
+    return read_json(path)  # toykit's reader: file, line and column of invalid JSON, non-UTF-8 bytes named
 
 
 def _number(value: Any, where: str) -> float:
