@@ -4,6 +4,7 @@ Starts ``streamlit run app/Home.py`` on a free localhost port, opens the squeezi
 the rerun and checks that the page shows the updated result; saves a screenshot under the pytest tmp dir.
 """
 
+import contextlib
 import os
 import shutil
 import socket
@@ -47,11 +48,10 @@ def _wait_healthy(url: str, server: subprocess.Popen, log: Path) -> None:
     pytest.fail(f"streamlit did not answer within {START_TIMEOUT_S} s:\n{log.read_text()}")
 
 
-@pytest.fixture
-def app_url(tmp_path):
-    """Run the app headless on a free port for the duration of one test; yield its URL."""
+@contextlib.contextmanager
+def app_server(log: Path):
+    """Run the app headless on a free localhost port (as the README starts it); yield its URL, stop it after."""
     port = _free_port()
-    log = tmp_path / "streamlit.log"
     env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
     with log.open("w") as fh:
         server = subprocess.Popen(
@@ -69,6 +69,13 @@ def app_url(tmp_path):
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+@pytest.fixture
+def app_url(tmp_path):
+    """The app for the duration of one test."""
+    with app_server(tmp_path / "streamlit.log") as url:
+        yield url
 
 
 @pytest.fixture

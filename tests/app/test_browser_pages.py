@@ -6,14 +6,9 @@ Altair chart or figure) unclipped: the chart's drawing lies inside its element a
 Screenshots go to the test's tmp dir (CI keeps them as artefacts).
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-from tests.app.test_browser import CHROMIUM, CHROMIUM_ARGS, REPO, _free_port, _wait_healthy
+from tests.app.test_browser import CHROMIUM, CHROMIUM_ARGS, app_server
 
 pytestmark = pytest.mark.browser
 
@@ -27,25 +22,8 @@ _MAIN_CHART = '[data-testid="stVegaLiteChart"], [data-testid="stImage"]'
 
 @pytest.fixture(scope="module")
 def app_url(tmp_path_factory):
-    log = tmp_path_factory.mktemp("server") / "streamlit.log"
-    port = _free_port()
-    env = {**os.environ, "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
-    with log.open("w") as fh:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app/Home.py", "--server.headless", "true",
-             "--server.port", str(port), "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-             "--browser.gatherUsageStats", "false"],
-            cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_healthy(url, server, log)
+    with app_server(tmp_path_factory.mktemp("server") / "streamlit.log") as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
 
 
 @pytest.fixture(scope="module")
