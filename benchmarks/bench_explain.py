@@ -1,26 +1,34 @@
 """Benchmark the cost of explaining a run and of forecasting it, as multiples of the plain run. Prints one JSON.
 
-Three runs of the same config (DPO, AdamW, tiny GPT-2 on synthetic pairs, probes derived from the first training
-pairs: 6 probe types + the teacher-forced argmax): the plain run, the run with the attribution of
-``--explain-prompts`` probe prompts at every step (llm.explain), and the forecast (llm.forecast, the model
-linearised at the start, trained by the same loop). Costs are the runs' own train + probe seconds (summary.json),
-so setup (tokenizer training, model construction) is left out of every figure. The targets of issue 12 are an
-attribution below 1.5x and a forecast below 1x the plain run; the JSON says whether they are met.
+Runs of the same config (DPO, AdamW, tiny GPT-2 on synthetic pairs, probes derived from the first training pairs:
+6 probe types + the teacher-forced argmax): the plain run, the run with the attribution of ``--explain-prompts``
+probe prompts at every step (llm.explain, window 1), the same with the window ``--explain-every`` (the split at
+every step, the JVPs once per window), and the forecast (llm.forecast, the model linearised at the start, trained
+by the same loop). Costs are the runs' own train + probe seconds (summary.json), so setup (tokenizer training, model
+construction) is left out of every figure. The targets of issue 12 are an attribution below 1.5x and a forecast
+below 1x the plain run; the JSON says whether each is met, with the median correlation of the prediction with the
+measured change (per step, per window).
 
-    python benchmarks/bench_explain.py [--explain-prompts 16] [--batch-size 8] [--examples 256] [--device auto]
+Why the forecast costs what it does, measured in the same process on one batch of the run's shape: the linearised
+model's training step (forward-mode pass for J (theta - theta_0) on the primal's graph, then the VJP J^T G) and its
+no-grad forward (a JVP, what each probe pass costs) as multiples of the real model's.
+
+    python benchmarks/bench_explain.py [--explain-prompts 16] [--explain-every 16] [--batch-size 8] [--examples 256]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import torch
 
 from llm.config import TrainConfig
-from llm.forecast import forecast
+from llm.forecast import LinearisedLM, forecast
 from llm.training import train
 
 
@@ -28,9 +36,55 @@ def _loop_seconds(summary: dict) -> float:
     return float(summary["train_seconds"] + summary["probe_seconds"])
 
 
+def _seconds(fn, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def linearised_cost(model: torch.nn.Module, shape: tuple[int, int], repeats: int = 20, seed: int = 0) -> dict:
+    """Seconds of a training step (forward + backward of a scalar of the logits) and of a no-grad forward, for the
+    real ``model`` and for it linearised (theta moved off theta_0, so the tangent is not zero), on random ids."""
+    gen = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, shape, generator=gen).to(device)
+    mask = torch.ones_like(ids)
+    lin = LinearisedLM(copy.deepcopy(model))
+    with torch.no_grad():
+        for p in lin.theta:
+            p.add_(1e-3 * torch.randn(p.shape, generator=gen).to(p))
+
+    def step(m):
+        def run():
+            out = m(ids, attention_mask=mask).logits
+            out.logsumexp(-1).sum().backward()
+        return run
+
+    def forward(m):
+        def run():
+            with torch.no_grad():
+                m(ids, attention_mask=mask)
+        return run
+
+    real = copy.deepcopy(model).train(False).requires_grad_(True)
+    lin.train(False)
+    out = {"real_step_s": _seconds(step(real), repeats), "linearised_step_s": _seconds(step(lin), repeats),
+           "real_forward_s": _seconds(forward(real), repeats), "linearised_forward_s": _seconds(forward(lin), repeats)}
+    out["step_x"] = out["linearised_step_s"] / out["real_step_s"]
+    out["forward_x"] = out["linearised_forward_s"] / out["real_forward_s"]
+    return {k: round(v, 5) for k, v in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--explain-prompts", type=int, default=16, help="probe prompts attributed at every step")
+    parser.add_argument("--explain-prompts", type=int, default=16, help="probe prompts attributed")
+    parser.add_argument("--explain-every", type=int, default=16,
+                        help="the attribution window (optimizer steps) of the windowed run (default 16)")
     parser.add_argument("--num-probes", type=int, default=64, help="probe prompts of the run's own evaluations")
     parser.add_argument("--examples", type=int, default=256, help="training examples of each run")
     parser.add_argument("--eval-every", type=int, default=128, help="probe evaluation every this many examples")
@@ -51,20 +105,32 @@ def main() -> None:
                                out_dir=str(Path(tmp) / name), **kw)
 
         plain = train(cfg("plain"))
-        explained = train(cfg("explained", explain_prompts=args.explain_prompts))
+        runs = {}
+        for every in dict.fromkeys((1, args.explain_every)):
+            result = train(cfg(f"explained_{every}", explain_prompts=args.explain_prompts, explain_every=every))
+            runs[every] = (result, json.loads((result.run_dir / "explain" / "meta.json").read_text()))
         fc = forecast(cfg("forecast"))
-        meta = json.loads((explained.run_dir / "explain" / "meta.json").read_text())
+        shape = (2 * args.batch_size, int(plain.summary["truncation_train"]["max_length"]))
+        cost = linearised_cost(plain.model, shape)
     base = _loop_seconds(plain.summary)
-    attribution_x = _loop_seconds(explained.summary) / base
     forecast_x = _loop_seconds(fc.summary) / base
+    attribution = {}
+    for every, (result, meta) in runs.items():
+        x = _loop_seconds(result.summary) / base
+        attribution[f"every_{every}"] = {
+            "explain_every": every, "windows": meta["windows"], "seconds": round(_loop_seconds(result.summary), 3),
+            "hook_seconds": round(meta["seconds"], 3), "x": round(x, 2), "target_met": x < 1.5,
+            "median_correlation": round(meta["median_step_correlation"], 5),
+            "relative_error": round(meta["relative_error"], 4)}
+    any_meta = next(iter(runs.values()))[1]
     print(json.dumps({
         "benchmark": "explain", "device": str(next(plain.model.parameters()).device), "steps": plain.step,
         "batch_size": args.batch_size, "explain_prompts": args.explain_prompts,
-        "observed_sequences_per_step": len(meta["probe_types"]), "plain_seconds": round(base, 3),
-        "attribution_seconds": round(meta["seconds"], 3), "attribution_x": round(attribution_x, 2),
-        "attribution_target_met": attribution_x < 1.5, "forecast_seconds": round(_loop_seconds(fc.summary), 3),
-        "forecast_x": round(forecast_x, 2), "forecast_target_met": forecast_x < 1.0,
-        "median_step_correlation": round(meta["median_step_correlation"], 5),
+        "observed_sequences": len(any_meta["probe_types"]), "plain_seconds": round(base, 3),
+        "plain_probe_seconds": round(plain.summary["probe_seconds"], 3), "attribution": attribution,
+        "forecast_seconds": round(_loop_seconds(fc.summary), 3),
+        "forecast_probe_seconds": round(fc.summary["probe_seconds"], 3), "forecast_x": round(forecast_x, 2),
+        "forecast_target_met": forecast_x < 1.0, "forecast_cost_per_pass": {"batch_shape": list(shape), **cost},
     }))
 
 

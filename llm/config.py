@@ -180,6 +180,10 @@ class TrainConfig(_ModelData):
     explain_prompts: int = _f(0, "> 0: attribute every probe's per-step change of the first this many probe "
                               "prompts to the loss's terms along the real optimizer update (llm.explain; saved "
                               "under explain/; read with `python -m llm explain RUN_DIR`)")
+    explain_every: int = _f(1, "with --explain-prompts: attribution window in optimizer steps (1 = every step). The "
+                               "update is split into its terms at every step; the first-order change along each "
+                               "term's summed update is taken once per window, at the window's start, and compared "
+                               "with the change measured over the window (cost ~1/this of a per-step attribution)")
     token_view: int = _f(0, "> 0: write token_view.json at the end: for the first this many y+ probes, the per-token "
                             "change of log pi over the run and the tokens that gained the most probability at each "
                             "position (llm.token_view; shown on the app's Online RL page)")
@@ -196,6 +200,8 @@ class TrainConfig(_ModelData):
             raise ValueError(f"token_view must be >= 0, got {self.token_view}")
         if self.explain_prompts < 0:
             raise ValueError(f"explain_prompts must be >= 0, got {self.explain_prompts}")
+        if self.explain_every < 1:
+            raise ValueError(f"explain_every must be >= 1, got {self.explain_every}")
         for name in ("batch_size", "grad_accum", "epochs", "eval_every"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -15,16 +15,28 @@ term keeps its own momentum buffer and the update splits into one direction per 
   with the optimizer's own second moment v_t (shared, the preconditioner), plus -eta lambda theta_t (decoupled decay);
 - RMSprop: d_k = -eta b_k with b_k = mu b_k + g_k / (sqrt(v_t) + eps) (b_k = g_k / (...) without momentum).
 
-"optimizer remainder" = Delta theta_t - sum_k d_k (float rounding of the optimizer's arithmetic; ~0) is kept as a
-term too, so the contributions sum to the prediction along the real update. Each direction costs one JVP over the
-probe sequences (``llm.linearize.directional_changes``), whose primal output is log pi_o(theta_t): the measured
-change is log pi_o(theta_{t+1}) - log pi_o(theta_t) and the residual is measured minus predicted.
+The per-term gradients g_k come from the engine's own step (``llm.hooks.backward_by_response``: y+ and y- scored
+in two graphs, one backward pass through each, summing to the step's p.grad), so they cost no extra pass.
 
-Saved with the run under ``explain/``: attribution.npz (values (S+1, N_o), contributions (S, K, N_o)) and
-meta.json (probe type and prompt of every observed row, terms, per-step fit); for reference-based preference losses
-also pairs.csv, the pair diagnostics of the first training pairs (``llm.pair_diagnostics``: CHES, its variants, the
-eNTK one-step change of y+, and the change of y+ measured over the run where the pair is a probe), with their rank
-correlations in meta.json. ``llm.explain_report`` reads them.
+Windows (``every`` = W steps, ``--explain-every``): the split runs at every step (the per-term momentum buffers
+need every g_k), the directions are summed per term over the window, D_k = sum_{t in window} d_k,t, and the
+first-order change is taken once per window at its start theta_t0:
+
+    log pi_o(theta_t0+W) - log pi_o(theta_t0) ~= < grad_theta log pi_o(theta_t0), theta_t0+W - theta_t0 >
+                                               = sum_k < grad_theta log pi_o(theta_t0), D_k >
+
+With W = 1 this is the per-step attribution. The optimizer remainder (theta_t0+W - theta_t0) - sum_k D_k (float
+rounding of the optimizer's arithmetic, ~1e-7 of the update; its relative norm is saved per window) is added to
+the LAST term's direction, so the terms sum exactly to the prediction along the real update without a JVP of its
+own. Each term costs one tangent of one forward-mode pass over the probe sequences
+(``llm.linearize.directional_changes``; the primal, shared by all tangents, gives log pi_o(theta_t0)): the measured
+change is log pi_o(theta_t0+W) - log pi_o(theta_t0) and the residual is measured minus predicted.
+
+Saved with the run under ``explain/``: attribution.npz (values (W+1, N_o), contributions (W, K, N_o), the windows'
+last steps) and meta.json (probe type and prompt of every observed row, terms, the window, fit per window); for
+reference-based preference losses also pairs.csv, the pair diagnostics of the first training pairs
+(``llm.pair_diagnostics``: CHES, its variants, the eNTK one-step change of y+, and the change of y+ measured over the
+run where the pair is a probe), with their rank correlations in meta.json. ``llm.explain_report`` reads them.
 
 References: Ren & Sutherland, ICLR 2025, Prop. 1 (PAPER.md section 2); Loshchilov & Hutter 2019 (AdamW).
 """
@@ -44,11 +56,10 @@ from llm.linearize import batch_chunks, directional_changes, observed_logps
 from llm.objective import EXTEND, batch_loss, make_pair_batch
 from toykit.runs import write_json
 
-__all__ = ["AttributionHook", "observed_probes", "term_gradients", "UpdateSplit", "REMAINDER", "WEIGHT_DECAY",
-           "term_names", "pearson", "write_attribution"]
+__all__ = ["AttributionHook", "observed_probes", "term_gradients", "UpdateSplit", "WEIGHT_DECAY", "term_names",
+           "pearson", "write_attribution"]
 
 ARGMAX = "argmax_teacher_forced"  # the engine's ARGMAX_PROBE (llm.probes), scored on the y+ prefix
-REMAINDER = "optimizer remainder"
 WEIGHT_DECAY = "weight decay"
 
 
@@ -145,52 +156,67 @@ class UpdateSplit:
         self.kind, self.group, self.optimizer, self.terms = kind, group, optimizer, tuple(terms)
         self.buffers: dict[str, dict[str, torch.Tensor]] = {t: {} for t in self.terms + (WEIGHT_DECAY,)}
 
-    def _buffer(self, term: str, name: str, like: torch.Tensor) -> torch.Tensor:
-        return self.buffers[term].setdefault(name, torch.zeros_like(like))
+    def _buffers(self, term: str, names: Sequence[str], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        store = self.buffers[term]
+        return [store.setdefault(n, torch.zeros_like(x)) for n, x in zip(names, like)]
 
     def directions(self, ctx, grads: dict[str, dict[str, torch.Tensor]], clip: float
                    ) -> dict[str, dict[str, torch.Tensor]]:
-        """Return term -> parameter name -> d_k (the term's part of Delta theta_t), remainder included.
+        """Return term -> parameter name -> d_k (the term's part of Delta theta_t); weight decay is a term.
+
+        The optimizer remainder Delta theta_t - sum_k d_k (its rounding) is not among them: the caller takes it from
+        the real update (``AttributionHook`` folds it into the last term over each window). The arithmetic runs on
+        all parameters at once (torch._foreach_*), as torch's own optimizers do.
 
         Args:
             ctx: the engine's StepContext (theta_t, the model at theta_{t+1}, the optimizer after its step).
-            grads: the terms' raw gradients at theta_t (``term_gradients``).
+            grads: the terms' raw gradients at theta_t (``term_gradients`` or the engine's per-response split).
             clip: the gradient-clipping factor the step applied (1 without clipping).
         """
         g, wd, lr = self.group, float(self.group["weight_decay"]), ctx.lr
         by_name = dict(ctx.model.named_parameters())
-        out: dict[str, dict[str, torch.Tensor]] = {t: {} for t in self.terms}
-        decay: dict[str, torch.Tensor] = {}
-        for name, theta in ctx.params_before.items():
-            state = self.optimizer.state[by_name[name]]
-            parts = {t: clip * grads[t][name] for t in self.terms}
-            if self.kind == "AdamW":
-                b1, b2 = g["betas"]
-                step = float(state["step"])
-                scale = lr / (1 - b1 ** step)
-                denom = state["exp_avg_sq"].sqrt() / (1 - b2 ** step) ** 0.5 + g["eps"]
-                for t, gt in parts.items():
-                    m = self._buffer(t, name, gt).mul_(b1).add_(gt, alpha=1 - b1)
-                    out[t][name] = -scale * m / denom
-                decay[name] = -lr * wd * theta
-                continue
-            if wd:
-                parts[WEIGHT_DECAY] = wd * theta
-            if self.kind == "RMSprop":
-                avg = state["square_avg"].sqrt() + g["eps"]
-                parts = {t: gt / avg for t, gt in parts.items()}
-            mu = float(g["momentum"])
+        names = list(ctx.params_before)
+        thetas = [ctx.params_before[n] for n in names]
+        states = [self.optimizer.state[by_name[n]] for n in names]
+        parts = {t: torch._foreach_mul([grads[t][n] for n in names], clip) for t in self.terms}
+        out: dict[str, list[torch.Tensor]] = {}
+        if self.kind == "AdamW":
+            b1, b2 = g["betas"]
+            steps = [float(st["step"]) for st in states]
+            denom = torch._foreach_sqrt([st["exp_avg_sq"] for st in states])  # sqrt(v_t / (1 - b2^t)) + eps
+            torch._foreach_div_(denom, [(1 - b2 ** k) ** 0.5 for k in steps])
+            torch._foreach_add_(denom, g["eps"])
+            scale = [-lr / (1 - b1 ** k) for k in steps]
             for t, gt in parts.items():
-                if mu:
-                    damp = 1 - g.get("dampening", 0.0) if self.kind == "SGD" and ctx.step > 1 else 1.0
-                    b = self._buffer(t, name, gt).mul_(mu).add_(gt, alpha=damp)
-                    gt = gt + mu * b if g.get("nesterov") else b
-                out.setdefault(t, {})[name] = -lr * gt
-        if decay and wd:
-            out[WEIGHT_DECAY] = decay
-        update = ctx.update()
-        out[REMAINDER] = {n: update[n] - sum(out[t][n] for t in out) for n in update}
-        return out
+                m = self._buffers(t, names, gt)
+                torch._foreach_mul_(m, b1)
+                torch._foreach_add_(m, gt, alpha=1 - b1)
+                out[t] = torch._foreach_div(m, denom)
+                torch._foreach_mul_(out[t], scale)
+            if wd:
+                out[WEIGHT_DECAY] = torch._foreach_mul(thetas, -lr * wd)  # decoupled: -eta lambda theta_t
+            return {t: dict(zip(names, d)) for t, d in out.items()}
+        if wd:
+            parts[WEIGHT_DECAY] = torch._foreach_mul(thetas, wd)
+        if self.kind == "RMSprop":
+            avg = torch._foreach_sqrt([st["square_avg"] for st in states])
+            torch._foreach_add_(avg, g["eps"])
+            parts = {t: torch._foreach_div(gt, avg) for t, gt in parts.items()}
+        mu = float(g["momentum"])
+        for t, gt in parts.items():
+            if mu:
+                damp = 1 - g.get("dampening", 0.0) if self.kind == "SGD" and ctx.step > 1 else 1.0
+                b = self._buffers(t, names, gt)
+                torch._foreach_mul_(b, mu)
+                torch._foreach_add_(b, gt, alpha=damp)
+                gt = torch._foreach_add(gt, b, alpha=mu) if g.get("nesterov") else b
+            out[t] = torch._foreach_mul(gt, -lr)
+        return {t: dict(zip(names, d)) for t, d in out.items()}
+
+
+def _norm(tensors: dict[str, torch.Tensor]) -> float:
+    """The Euclidean norm of a parameter dict, in float64."""
+    return sum(float(t.double().pow(2).sum()) for t in tensors.values()) ** 0.5
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -201,19 +227,27 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 class AttributionHook:
-    """The engine hook (llm.hooks) that attributes every probe's per-step change of a run; see the module docstring.
+    """The engine hook (llm.hooks) that attributes every probe's change over a run; see the module docstring.
 
     Args:
         num_prompts: the first probe prompts of the run's probe set to attribute (every probe type of each).
+        every: the attribution window in optimizer steps (1: every step). The update is split into its terms at
+            every step (per-term momentum buffers need every step's gradient); the JVPs run once per window, at the
+            window's start theta_t0, along each term's update summed over the window.
         chunk_size: observed sequences per JVP.
         out_name: folder of the run directory the arrays are written to.
     """
 
+    #: ask the engine for the loss gradient split by response (llm.hooks.backward_by_response)
+    wants_response_gradients = True
+
     def __init__(self, num_prompts: int = 16, chunk_size: int = 256, out_name: str = "explain",
-                 diagnose_pairs: bool = True):
+                 diagnose_pairs: bool = True, every: int = 1):
         if num_prompts < 1:
             raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
-        self.num_prompts, self.chunk_size, self.out_name = num_prompts, chunk_size, out_name
+        if every < 1:
+            raise ValueError(f"every (the attribution window in steps) must be >= 1, got {every}")
+        self.num_prompts, self.chunk_size, self.out_name, self.every = num_prompts, chunk_size, out_name, every
         self.diagnose_pairs = diagnose_pairs
         self.seconds = 0.0
 
@@ -227,6 +261,8 @@ class AttributionHook:
         self.terms = term_names(run.objective)
         self.split = UpdateSplit(run.optimizer, self.terms)
         self.values, self.contributions, self.steps, self.lrs, self.remainder_norms = [], [], [], [], []
+        self.window_starts, self.names = [], self.terms
+        self.start, self.sums = None, None  # theta_t0 of the open window and each term's summed direction
         self.pairs = None
         if self.diagnose_pairs and run.rejected is not None and run.objective.needs_reference:
             from llm.pair_diagnostics import pair_diagnostics
@@ -246,34 +282,65 @@ class AttributionHook:
                 return row if ids == list(seq.prompt_ids) + list(seq.response_ids) else None
         return None
 
+    def _term_grads(self, ctx) -> dict[str, dict[str, torch.Tensor]]:
+        """Each term's raw gradient at theta_t: the engine's per-response split, or recomputed when it has none."""
+        if ctx.response_gradients is None:
+            return term_gradients(ctx.model, ctx.params_before, self.run, ctx.indices)
+        out = {}
+        for term, response in zip(self.terms, ("chosen", "rejected")):  # llm.hooks.RESPONSES, term_names' order
+            got = ctx.response_gradients.get(response, {})
+            out[term] = {n: got[n] if n in got else torch.zeros_like(t) for n, t in ctx.params_before.items()}
+        return out
+
     def on_step(self, ctx) -> None:
         t0 = time.perf_counter()
-        model, run = ctx.model, self.run
+        max_norm = self.run.cfg.max_grad_norm
+        clip = min(1.0, max_norm / (ctx.grad_norm + 1e-6)) if max_norm else 1.0  # torch's clip_grad_norm_
+        with torch.no_grad():
+            dirs = self.split.directions(ctx, self._term_grads(ctx), clip)
+            if self.start is None:  # a window opens at theta_t (the engine's clone; kept, not copied)
+                self.start, self.start_step = ctx.params_before, ctx.step - 1
+                self.sums = {t: {n: d.clone() for n, d in dirs[t].items()} for t in dirs}
+            else:
+                for t, d in dirs.items():
+                    torch._foreach_add_([self.sums[t][n] for n in d], list(d.values()))
+        self.lrs.append(ctx.lr)
+        self.last_step = ctx.step
+        if ctx.step - self.start_step >= self.every or ctx.step >= self.run.total_steps:
+            self._close_window(ctx.model, ctx.step)
+        self.seconds += time.perf_counter() - t0
+
+    def _close_window(self, model: torch.nn.Module, step: int) -> None:
+        """JVPs at the window's start along each term's summed update; the remainder joins the last term."""
+        now = {n: p.detach() for n, p in model.named_parameters() if n in self.start}
+        with torch.no_grad():
+            update = {n: now[n] - self.start[n] for n in self.start}  # theta_t1 - theta_t0, the real window update
+            dirs = self.sums
+            last = list(dirs)[-1]
+            rest = {n: update[n] - sum(dirs[t][n] for t in dirs) for n in update}  # optimizer rounding, ~1e-7
+            rem = _norm(rest) / max(_norm(update), 1e-300)
+            for n, r in rest.items():
+                dirs[last][n].add_(r)  # the terms now sum to the real update exactly
         was_training = model.training
         model.eval()
         try:
-            grads = term_gradients(model, ctx.params_before, run, ctx.indices)
-            max_norm = run.cfg.max_grad_norm
-            clip = min(1.0, max_norm / (ctx.grad_norm + 1e-6)) if max_norm else 1.0  # torch's clip_grad_norm_
-            dirs = self.split.directions(ctx, grads, clip)
-            self.names = tuple(dirs)
-            values, changes = directional_changes(model, ctx.params_before, self.observed, list(dirs.values()),
+            values, changes = directional_changes(model, self.start, self.observed, list(dirs.values()),
                                                   self.argmax, self.chunk_size)
         finally:
             model.train(was_training)
-        update = ctx.update()
-        total = sum(float(u.double().pow(2).sum()) for u in update.values()) ** 0.5
-        rem = sum(float(u.double().pow(2).sum()) for u in dirs[REMAINDER].values()) ** 0.5
+        self.names = tuple(dirs)
         self.values.append(values.double().cpu().numpy())
         self.contributions.append(changes.double().cpu().numpy())
-        self.steps.append(ctx.step), self.lrs.append(ctx.lr), self.remainder_norms.append(rem / max(total, 1e-300))
-        self.seconds += time.perf_counter() - t0
+        self.steps.append(step), self.window_starts.append(self.start_step), self.remainder_norms.append(rem)
+        self.start = self.sums = None
 
     def on_train_end(self, run) -> None:
-        if not self.steps:
-            return
         t0 = time.perf_counter()
         model = run.model
+        if self.start is not None:  # a run stopped inside a window (stop_after_steps, the squeeze alarm)
+            self._close_window(model, self.last_step)
+        if not self.steps:
+            return
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -286,9 +353,9 @@ class AttributionHook:
         self.save(run.run_dir / self.out_name)
 
     def save(self, out_dir: Path) -> Path:
-        """Write attribution.npz and meta.json (fit per step and the hook's own seconds) into ``out_dir``."""
+        """Write attribution.npz and meta.json (fit per window and the hook's own seconds) into ``out_dir``."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        values = np.stack(self.values)  # (S+1, N_o)
+        values = np.stack(self.values)  # (W+1, N_o), W windows
         pairs_meta = {}
         if self.pairs is not None:
             from llm.pair_diagnostics import rank_correlations
@@ -303,29 +370,39 @@ class AttributionHook:
         return write_attribution(out_dir, values=values, contributions=np.stack(self.contributions),
                                  steps=self.steps, learning_rates=self.lrs, remainder_norms=self.remainder_norms,
                                  terms=self.names, probe_types=self.kinds, prompts=self.owners,
-                                 optimizer=self.split.kind, loss=self.run.objective.loss,
-                                 extra={"seconds": self.seconds, "pair_seconds": self.pair_seconds, **pairs_meta})
+                                 optimizer=self.split.kind, loss=self.run.objective.loss, every=self.every,
+                                 window_starts=self.window_starts,
+                                 extra={"seconds": self.seconds, "pair_seconds": self.pair_seconds,
+                                        "remainder_folded_into": self.names[-1], **pairs_meta})
 
 
 def write_attribution(out_dir: Path, *, values: np.ndarray, contributions: np.ndarray, steps: Sequence[int],
                       learning_rates: Sequence[float], remainder_norms: Sequence[float], terms: Sequence[str],
                       probe_types: Sequence[str], prompts: np.ndarray, optimizer: str, loss: str,
-                      extra: dict) -> Path:
-    """Write attribution.npz and meta.json (``llm.explain_report`` reads them) with the per-step fit.
+                      extra: dict, every: int = 1, window_starts: Sequence[int] | None = None) -> Path:
+    """Write attribution.npz and meta.json (``llm.explain_report`` reads them) with the fit per window.
+
+    A window is ``every`` optimizer steps (the last one may be shorter); with every = 1 a window is a step, and
+    meta.json's per_step_correlation / median_step_correlation are per window.
 
     Args:
-        values: (S+1, N_o) summed log-probs of the observed rows at theta_0 .. theta_S.
-        contributions: (S, K, N_o) first-order change of each row due to each of the K ``terms``.
+        values: (W+1, N_o) summed log-probs of the observed rows at the windows' starts and at the end.
+        contributions: (W, K, N_o) first-order change of each row over each window due to each of the K ``terms``.
+        steps: (W,) the last optimizer step of every window; window_starts: (W,) the step before its first.
+        learning_rates: (S,) the learning rate of every optimizer step.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    measured, predicted = np.diff(values, axis=0), contributions.sum(axis=1)  # (S, N_o)
-    per_step = [pearson(p, m) for p, m in zip(predicted, measured)]
+    measured, predicted = np.diff(values, axis=0), contributions.sum(axis=1)  # (W, N_o)
+    per_window = [pearson(p, m) for p, m in zip(predicted, measured)]
     rel = float(np.linalg.norm(measured - predicted) / max(np.linalg.norm(measured), 1e-300))
+    starts = np.asarray(window_starts if window_starts is not None else [s - 1 for s in steps])
     np.savez(out_dir / "attribution.npz", values=values, contributions=contributions, steps=np.asarray(steps),
-             learning_rates=np.asarray(learning_rates), remainder_norms=np.asarray(remainder_norms))
+             window_starts=starts, learning_rates=np.asarray(learning_rates),
+             remainder_norms=np.asarray(remainder_norms))
     write_json(out_dir / "meta.json", {
         "terms": list(terms), "probe_types": list(probe_types), "prompts": prompts,
-        "num_prompts": int(np.max(prompts)) + 1, "optimizer": optimizer, "loss": loss, "steps": len(steps),
-        "per_step_correlation": per_step, "median_step_correlation": float(np.nanmedian(per_step)),
+        "num_prompts": int(np.max(prompts)) + 1, "optimizer": optimizer, "loss": loss, "steps": int(steps[-1]),
+        "explain_every": int(every), "windows": len(steps),
+        "per_step_correlation": per_window, "median_step_correlation": float(np.nanmedian(per_window)),
         "relative_error": rel, "max_remainder_norm": float(max(remainder_norms)), **extra})
     return out_dir

@@ -31,9 +31,10 @@ class Explanation:
 
     Attributes:
         probe_types: T probe types (first-seen order); terms: K loss terms (remainder last).
-        steps: (S+1,) optimizer steps 0..S.
-        measured, predicted: (T, S+1) cumulative mean change of the summed log-prob, 0 at step 0.
-        contributions: (T, K, S+1) cumulative mean change due to each term.
+        steps: (W+1,) optimizer step 0 and the last step of each of the W attribution windows (0..S when the
+            window is one step).
+        measured, predicted: (T, W+1) cumulative mean change of the summed log-prob, 0 at step 0.
+        contributions: (T, K, W+1) cumulative mean change due to each term.
         meta: the saved meta.json (optimizer, loss, per-step fit, seconds).
     """
 
@@ -75,7 +76,8 @@ def load_explanation(run_dir: str | Path) -> Explanation:
     measured = values - values[:1]
     mean = lambda a, t: a[..., kinds == t].mean(axis=-1)  # noqa: E731  mean over the prompts of type t
     contributions = np.stack([mean(cum, t).T for t in types])  # (T, K, S+1)
-    return Explanation(run_dir, types, tuple(meta["terms"]), np.arange(values.shape[0]),
+    steps = np.concatenate([[0], saved["steps"]]).astype(int)  # step 0, then the last step of every window
+    return Explanation(run_dir, types, tuple(meta["terms"]), steps,
                        np.stack([mean(measured, t) for t in types]), contributions.sum(axis=1), contributions, meta)
 
 
@@ -93,8 +95,10 @@ def explanation_table(expl: Explanation) -> pd.DataFrame:
 def format_explanation(expl: Explanation) -> str:
     """The table as text plus one sentence per probe naming the term that moved it most."""
     meta = expl.meta
+    every = int(meta.get("explain_every", 1))
+    window = "per-step" if every == 1 else f"per-window ({meta['windows']} windows of {every} steps)"
     lines = [f"{expl.run_dir}: {meta['loss']} with {meta['optimizer']}, {meta['steps']} steps, "
-             f"{meta['num_prompts']} prompts attributed; per-step r(predicted, measured) median "
+             f"{meta['num_prompts']} prompts attributed; {window} r(predicted, measured) median "
              f"{meta['median_step_correlation']:.4f}, cumulative relative error {meta['relative_error']:.3f}",
              "change of the summed log-prob from step 0 (nats, mean over prompts):"]
     table = explanation_table(expl)

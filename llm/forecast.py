@@ -11,7 +11,13 @@ probe's curve of the real run before it happens. Where the real run leaves the k
 
 Cost per forward pass: one forward-mode pass at theta_0 (the primal with its autograd graph, and the tangent
 J (theta - theta_0)); the backward pass is the plain VJP J^T G at theta_0 through the primal's graph, never a
-backward through the tangent computation. Free-running greedy decoding of a linearised model is not offered.
+backward through the tangent computation. While theta = theta_0 exactly (the precomputed reference, the step-0
+probes, the first step) the tangent is zero and the pass is the plain forward. The forward-mode pass carries the
+tangent through every operation (two matmuls per matmul, plus the tangents of the norms, the attention and the
+activations), so a linearised step costs about 2-3x a real step and a probe pass about 3-4x a real probe pass
+(``benchmarks/bench_explain.py`` measures both): a forecast costs more than the run it predicts, and what it saves
+is the run itself (a forecast answers before the real run is trained, and at every lr and schedule for the price
+of one linearisation each). Free-running greedy decoding of a linearised model is not offered.
 
 References: Jacot et al. 2018 (NTK); Lee et al. 2019 (wide networks evolve as linear models); Ren & Sutherland 2025,
 PAPER.md section 2 (the eNTK K of Delta log pi = -eta A K G).
@@ -26,7 +32,7 @@ import types
 
 import torch
 import torch.autograd.forward_ad as fwAD
-from torch.func import functional_call, jvp
+from torch.func import functional_call
 
 from llm.config import TrainConfig
 from llm.inputs import build_inputs
@@ -65,23 +71,24 @@ class LinearisedLM(torch.nn.Module):
         kwargs = {k: v for k, v in inputs.items() if k != "input_ids"}
         return functional_call(self.base[0], params, (inputs["input_ids"],), kwargs).logits
 
+    def at_start(self) -> bool:
+        """Whether theta equals theta_0 exactly (before the first step): the tangent J (theta - theta_0) is zero."""
+        return all(torch.equal(t, t0) for t, t0 in zip(self.theta, self.theta0))
+
     def forward(self, input_ids, attention_mask=None, **kwargs):
         """Return an object with ``.logits`` = z(theta_0) + J (theta - theta_0), (N, L, V) (or the last K columns)."""
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, **kwargs}
-        if torch.is_grad_enabled():
-            # theta_0 + (theta - sg(theta)) has the value theta_0 and passes gradients to theta: the primal's
-            # backward is the VJP J(theta_0)^T G; the tangent J (theta - theta_0) is detached (sg = stop-gradient).
-            with fwAD.dual_level():
-                duals = {n: fwAD.make_dual(t0 + (t - t.detach()), (t - t0).detach())
-                         for n, t, t0 in zip(self.names, self.theta, self.theta0)}
-                primal, tangent = fwAD.unpack_dual(self.call(duals, inputs))
-            logits = primal + tangent.detach()
-        else:  # probes: no backward needed, one JVP
-            primal = dict(zip(self.names, self.theta0))
-            tangent = {n: (t - t0) for n, t, t0 in zip(self.names, self.theta, self.theta0)}
-            z0, dz = jvp(lambda p: self.call(p, inputs), (primal,), (tangent,))
-            logits = z0 + dz
-        return types.SimpleNamespace(logits=logits)
+        grad = torch.is_grad_enabled()
+        # theta_0 + (theta - sg(theta)) has the value theta_0 and passes gradients to theta: the primal's backward
+        # is the VJP J(theta_0)^T G (sg = stop-gradient); without gradients the primal is theta_0 itself.
+        primal = {n: t0 + (t - t.detach()) if grad else t0 for n, t, t0 in zip(self.names, self.theta, self.theta0)}
+        if self.at_start():  # z(theta_0) exactly (the reference, the step-0 probes, the first step): no tangent
+            return types.SimpleNamespace(logits=self.call(primal, inputs))
+        with fwAD.dual_level():  # one forward-mode pass: primal z(theta_0) and tangent J (theta - theta_0)
+            duals = {n: fwAD.make_dual(primal[n], (t - t0).detach()) for n, t, t0 in zip(self.names, self.theta,
+                                                                                         self.theta0)}
+            z0, dz = fwAD.unpack_dual(self.call(duals, inputs))
+        return types.SimpleNamespace(logits=z0 + dz.detach())  # the tangent carries no gradient
 
     def __deepcopy__(self, memo):  # a per-step reference copy: a new linearisation at the same theta_0
         twin = LinearisedLM.__new__(LinearisedLM)

@@ -10,6 +10,9 @@
 - ``hook.on_train_end(run)`` once, after the last step.
 
 Every method is optional. Parameters are cloned only when a hook is present, so a run without hooks pays nothing.
+A hook with ``wants_response_gradients = True`` also gets, in ``StepContext.response_gradients``, the step's loss
+gradient split by the responses it flows through (``backward_by_response``: y+ and y- scored in two forward passes,
+one backward pass through each, so the split costs no more than the engine's own backward).
 """
 
 from __future__ import annotations
@@ -20,7 +23,11 @@ from typing import Any, Sequence
 
 import torch
 
-__all__ = ["RunContext", "StepContext", "snapshot", "call_hooks", "hooks_from_config"]
+__all__ = ["RunContext", "StepContext", "snapshot", "call_hooks", "hooks_from_config", "wants_response_gradients",
+           "backward_by_response", "RESPONSES"]
+
+#: the per-example log-prob tensors of ``llm.objective.batch_loss`` a loss gradient flows through, by response
+RESPONSES = {"chosen": "logps_chosen", "rejected": "logps_rejected"}
 
 
 @dataclasses.dataclass
@@ -55,6 +62,9 @@ class StepContext:
     params_before: dict[str, torch.Tensor]  # theta_t of every trainable parameter (detached clones)
     model: torch.nn.Module  # now at theta_{t+1}
     optimizer: torch.optim.Optimizer  # state after the step
+    #: response ("chosen", "rejected") -> parameter name -> its part of the loss gradient at theta_t, before
+    #: clipping (they sum to the unclipped p.grad); None unless a hook has wants_response_gradients
+    response_gradients: dict[str, dict[str, torch.Tensor]] | None = None
 
     def update(self) -> dict[str, torch.Tensor]:
         """Return Delta theta_t = theta_{t+1} - theta_t per trainable parameter (the optimizer's real update)."""
@@ -75,6 +85,45 @@ def call_hooks(hooks: Sequence[object], method: str, arg) -> None:
             fn(arg)
 
 
+def wants_response_gradients(hooks: Sequence[object]) -> bool:
+    """Whether any hook asks for the per-response split of the loss gradient."""
+    return any(getattr(hook, "wants_response_gradients", False) for hook in hooks)
+
+
+def backward_by_response(losses: torch.Tensor, parts: dict[str, torch.Tensor | None],
+                         params: dict[str, torch.Tensor], denominator: int,
+                         into: dict[str, dict[str, torch.Tensor]]) -> None:
+    """Backpropagate ``losses.sum() / denominator`` one response at a time: p.grad += sum_k g_k, into[k] += g_k.
+
+    Args:
+        losses: (N,) per-example losses of a micro-batch (``llm.objective.batch_loss``, best with ``separate``: the
+            chosen and rejected log-probs then come from two graphs and each backward pass walks one of them).
+        parts: batch_loss's tensors; logps_chosen / logps_rejected (N,) are the responses the gradient flows through.
+        params: the trainable parameters by name.
+        into: response -> name -> gradient, accumulated over micro-batches (created on first use).
+
+    Math: grad_theta L = sum_k sum_i (dL/d lp_k,i) grad_theta lp_k,i (chain rule through the summed log-probs
+    lp_k of response k; the reference log-probs are constants); the weights dL/d lp_k come from a backward pass
+    through the loss alone.
+    """
+    keys = [k for k, part in RESPONSES.items() if parts.get(part) is not None and parts[part].requires_grad]
+    lps = [parts[RESPONSES[k]] for k in keys]
+    weights = torch.autograd.grad(losses.sum() / denominator, lps, retain_graph=True, allow_unused=True)
+    names = list(params)
+    for j, (key, lp, w) in enumerate(zip(keys, lps, weights)):
+        if w is None:  # the loss does not depend on this response
+            continue
+        grads = torch.autograd.grad((w.detach() * lp).sum(), [params[n] for n in names],
+                                    retain_graph=j + 1 < len(keys), allow_unused=True)
+        acc = into.setdefault(key, {})
+        for name, g in zip(names, grads):
+            if g is None:
+                continue
+            acc[name] = acc[name] + g if name in acc else g
+            p = params[name]
+            p.grad = g.clone() if p.grad is None else p.grad + g
+
+
 def hooks_from_config(cfg) -> list[object]:
     """The hooks a config asks for: the explain attribution when ``cfg.explain_prompts > 0``, the token view
     (llm.token_view) when ``cfg.token_view > 0``."""
@@ -82,7 +131,7 @@ def hooks_from_config(cfg) -> list[object]:
     if getattr(cfg, "explain_prompts", 0) > 0:
         from llm.explain import AttributionHook
 
-        hooks.append(AttributionHook(num_prompts=cfg.explain_prompts))
+        hooks.append(AttributionHook(num_prompts=cfg.explain_prompts, every=getattr(cfg, "explain_every", 1)))
     if getattr(cfg, "token_view", 0) > 0:
         from llm.token_view import TokenViewHook
 

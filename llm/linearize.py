@@ -20,9 +20,16 @@ import torch
 from torch.func import functional_call, jvp, vmap
 
 from llm.encoding import EncodedBatch
-from llm.logps import logps_from_logits
+from llm.logps import logps_from_logits, response_logits
 
 __all__ = ["summed_logps", "observed_logps", "batch_chunks", "directional_changes", "full_precision"]
+
+
+def _response_logits(model: torch.nn.Module, params: dict[str, torch.Tensor], batch: EncodedBatch):
+    """``llm.logps.response_logits`` at ``params``: logits (N, K, V) from the first position that predicts a
+    response token (the LM head skips the prompt prefix), with their input_ids and response_mask columns (N, K)."""
+    return response_logits(lambda **kw: functional_call(model, params, (), kw), batch.input_ids,
+                           batch.attention_mask, batch.response_mask)
 
 
 def summed_logps(model: torch.nn.Module, params: dict[str, torch.Tensor], batch: EncodedBatch) -> torch.Tensor:
@@ -30,8 +37,7 @@ def summed_logps(model: torch.nn.Module, params: dict[str, torch.Tensor], batch:
 
     Math: sum_m log pi(y_m | x, y_<m), teacher forcing; position l predicts token l + 1.
     """
-    logits = functional_call(model, params, (batch.input_ids,), {"attention_mask": batch.attention_mask}).logits
-    return logps_from_logits(logits, batch.input_ids, batch.response_mask).summed  # the engine's one reduction
+    return logps_from_logits(*_response_logits(model, params, batch)).summed  # the engine's one reduction
 
 
 def observed_logps(model: torch.nn.Module, params: dict[str, torch.Tensor], batch: EncodedBatch,
@@ -45,12 +51,11 @@ def observed_logps(model: torch.nn.Module, params: dict[str, torch.Tensor], batc
     Math: the argmax rows' derivative is that of log pi(argmax token) at each position (Danskin: the maximiser is
     locally constant), so a JVP of this function is the first-order change of both probe kinds.
     """
-    logits = functional_call(model, params, (batch.input_ids,), {"attention_mask": batch.attention_mask}).logits
-    targets = batch.input_ids
+    logits, targets, response = _response_logits(model, params, batch)  # (N, K, V), (N, K), (N, K)
     if argmax is not None and bool(argmax.any()):
-        best = torch.cat([targets[:, :1], logits[:, :-1].detach().argmax(-1)], dim=1)  # (N, L): token l from z_{l-1}
-        targets = torch.where(argmax.unsqueeze(1) & batch.response_mask.bool(), best, targets)
-    return logps_from_logits(logits, targets, batch.response_mask).summed
+        best = torch.cat([targets[:, :1], logits[:, :-1].detach().argmax(-1)], dim=1)  # (N, K): token l from z_{l-1}
+        targets = torch.where(argmax.unsqueeze(1) & response.bool(), best, targets)
+    return logps_from_logits(logits, targets, response).summed
 
 
 def batch_chunks(batch: EncodedBatch, size: int, *extra: torch.Tensor | None) -> Iterator[tuple]:

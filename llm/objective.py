@@ -115,7 +115,19 @@ def resolve_prompt_sharing(model, chosen: Sequence[EncodedSequence], rejected: S
     return problem is None
 
 
-def _batch_logps(model, batch: PairBatch) -> SequenceLogps:
+def _batch_logps(model, batch: PairBatch, separate: bool = False) -> SequenceLogps:
+    if separate and batch.paired:  # y+ rows and y- rows in two forward passes: two autograd graphs
+        n, seqs = len(batch.indices), batch.sequences
+        halves = []
+        for rows in (slice(0, n), slice(n, None)):
+            width = int(seqs.attention_mask[rows].sum(dim=1).max())  # right-padded: drop the all-padding columns
+            halves.append(encoded_logps(model, type(seqs)(seqs.input_ids[rows, :width],
+                                                          seqs.attention_mask[rows, :width],
+                                                          seqs.response_mask[rows, :width])))
+        cols = max(h.token_logps.shape[1] for h in halves)  # token columns are the last ones: pad on the left
+        token = torch.cat([torch.nn.functional.pad(h.token_logps, (cols - h.token_logps.shape[1], 0)) for h in halves])
+        return SequenceLogps(torch.cat([h.summed for h in halves]), torch.cat([h.mean for h in halves]), token,
+                             torch.cat([h.lengths for h in halves]))
     if batch.shared is None:
         return encoded_logps(model, batch.sequences)
     return shared_pair_logps(model, *batch.shared, batch.pad_token_id)
@@ -144,7 +156,7 @@ def _reference_of(ref_model, batch: PairBatch, bf16: bool):
 
 
 def batch_loss(model, batch: PairBatch, objective: Objective, *, ref_chosen: torch.Tensor | None = None,
-               ref_rejected: torch.Tensor | None = None, ref_model=None, bf16: bool = False
+               ref_rejected: torch.Tensor | None = None, ref_model=None, bf16: bool = False, separate: bool = False
                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Per-example loss of one batch and the tensors behind the TRL metrics.
 
@@ -155,6 +167,8 @@ def batch_loss(model, batch: PairBatch, objective: Objective, *, ref_chosen: tor
         ref_chosen, ref_rejected: (N,) precomputed reference summed log-probs, or None with ``ref_model``.
         ref_model: a frozen reference scored now (the per-step option), used when the precomputed ones are None.
         bf16: CUDA bf16 autocast for the forward passes.
+        separate: score the chosen and the rejected rows in two forward passes (no prompt sharing), so that the
+            gradient through each can be taken by its own backward pass at the cost of one in all (llm.hooks).
 
     Returns:
         losses (N,) and a dict with logps_chosen, logps_rejected, ref_chosen, ref_rejected (N,) or None.
@@ -164,7 +178,7 @@ def batch_loss(model, batch: PairBatch, objective: Objective, *, ref_chosen: tor
     """
     device = next(model.parameters()).device
     with autocast_context(device, bf16):
-        lp = _batch_logps(model, batch)
+        lp = _batch_logps(model, batch, separate)
     lp_c, lp_r = _split(lp.summed, batch.paired)
     len_c, len_r = _split(lp.lengths, batch.paired)
     if not bool(torch.isfinite(lp.summed).all()):
