@@ -39,14 +39,18 @@ class SequenceLogps:
     lengths: torch.Tensor
 
 
+def _check_shapes(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor) -> None:
+    if logits.dim() != 3 or logits.shape[:2] != input_ids.shape or input_ids.shape != response_mask.shape:
+        raise ValueError(f"expected logits (N, L, V) and input_ids / response_mask (N, L); got "
+                         f"{tuple(logits.shape)}, {tuple(input_ids.shape)}, {tuple(response_mask.shape)}")
+
+
 def _scored(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor):
     """Log-softmax at the scored positions only: prompts and padding never reach the softmax.
 
     Half-precision logits are upcast to float32; float32 and float64 keep their dtype (Prop. 1 checks run in float64).
     """
-    if logits.dim() != 3 or logits.shape[:2] != input_ids.shape or input_ids.shape != response_mask.shape:
-        raise ValueError(f"expected logits (N, L, V) and input_ids / response_mask (N, L); got "
-                         f"{tuple(logits.shape)}, {tuple(input_ids.shape)}, {tuple(response_mask.shape)}")
+    _check_shapes(logits, input_ids, response_mask)
     mask = response_mask[:, 1:].bool()  # (N, L-1): logits at l predict token l + 1
     scored = logits[:, :-1][mask]  # (T, V), T scored tokens in the batch
     if scored.dtype in (torch.float16, torch.bfloat16):
@@ -114,6 +118,28 @@ def sequence_logps(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return logps_from_logits(*response_logits(model, input_ids, attention_mask, response_mask))
 
 
+#: elements of one block of ``response_statistics`` (scored positions x vocabulary): on a CPU the block stays in
+#: cache between its passes (measured 1.2x faster than whole-batch passes); a GPU takes far larger blocks.
+STAT_BLOCK_ELEMENTS = {"cpu": 2**21, "cuda": 2**26}
+
+
+def _token_statistics(z: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-token statistics of one block of logits z (T, V) with targets (T,); z is overwritten (shifted).
+
+    The passes over the block are the fast ones (a max, a subtraction, one exp, and vectorised reductions): with
+    z' = z - max z <= 0 and e = exp(z'), S = sum e, log pi(y) = z'_y - log S, ||pi||^2 = ||e||^2 / S^2 and
+    H(pi) = log S - <e, z'> / S. The shift keeps log-probs and entropy free of cancellation (logits of real models
+    sit far from 0); y is a top-1 token when z'_y = 0, i.e. it attains the max (ties count).
+    """
+    z.sub_(z.amax(dim=-1, keepdim=True))  # (T, V) z - max z <= 0, the max exactly 0
+    e = z.exp()  # (T, V)
+    total = e.sum(dim=-1)  # (T,) S >= 1
+    lse = total.log()  # (T,) log sum_v exp(z_v - max z)
+    zy = z.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (T,)
+    return {"logp": zy - lse, "argmax_logp": -lse, "entropy": lse - torch.linalg.vecdot(e, z) / total,
+            "peakiness": (torch.linalg.vector_norm(e, dim=-1) / total) ** 2, "top1": (zy == 0).to(z.dtype)}
+
+
 def response_statistics(logits: torch.Tensor, input_ids: torch.Tensor,
                         response_mask: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-response learning-dynamics statistics, each (N,) float32 (names in STATISTICS).
@@ -122,39 +148,48 @@ def response_statistics(logits: torch.Tensor, input_ids: torch.Tensor,
     log max_v pi(v | x, y_<l) along THIS response's prefix (summed and mean); the entropy of pi; A_norm = ||A||_F
     with A = I - 1 pi^T, i.e. sqrt(V - 2 + V ||pi||^2); pi_minus_e_norm = ||pi - e_y||; the energy 1 - pi(y);
     the peakiness ||pi||^2 = sum_v pi_v^2 (1 for a one-hot pi, 1/V for a uniform one: what squeezing raises);
-    top1_share, the share of tokens whose target y is the argmax of pi (a "peak" token); valley_share, the share
-    whose pi(y) is below the uniform 1/V (a "valley" token). Those seven are means over the response tokens;
-    num_tokens is |y|.
+    top1_share, the share of tokens whose target y attains the max of pi (a "peak" token; a tie counts);
+    valley_share, the share whose pi(y) is below the uniform 1/V (a "valley" token). Those seven are means over the
+    response tokens; num_tokens is |y|. The scored positions are taken in blocks of STAT_BLOCK_ELEMENTS (``_token_statistics``).
 
-    Math: ||I - 1 pi^T||_F^2 = sum_i [(1 - pi_i)^2 + sum_{j != i} pi_j^2] = V - 2 + V ||pi||^2.
+    Math: ||I - 1 pi^T||_F^2 = sum_i [(1 - pi_i)^2 + sum_{j != i} pi_j^2] = V - 2 + V ||pi||^2;
+        H(pi) = log sum_v exp z_v - sum_v pi_v z_v (z shifted by its max: no cancellation).
     References: PAPER.md section 6 (probes, the two "argmax"); NOTICE.md (A_o, p_e and energy of the paper's logs).
     """
-    log_pi, targets, mask, owner = _scored(logits, input_ids, response_mask)
-    n, vocab = mask.shape[0], log_pi.shape[-1]
-    pi = log_pi.exp()  # (T, V)
-    token_logp = log_pi.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # (T,)
-    pi_y = token_logp.exp()
-    sq = (pi * pi).sum(-1)  # (T,) ||pi||^2
+    _check_shapes(logits, input_ids, response_mask)
+    n, width, vocab = logits.shape
+    mask = response_mask[:, 1:].bool()  # (N, L-1): logits at l predict token l + 1
+    where = mask.nonzero()  # (T, 2) (sequence, position) of every scored token
+    owner = where[:, 0]  # (T,)
+    rows = owner * width + where[:, 1]  # (T,) rows of the (N L, V) logits
+    targets = input_ids[:, 1:][mask]  # (T,)
+    flat = logits.reshape(n * width, vocab)  # (N L, V), a view of contiguous logits
+    dtype = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
+    block = max(16, STAT_BLOCK_ELEMENTS.get(logits.device.type, 2**26) // vocab)
+    parts = [_token_statistics(flat.index_select(0, rows[s: s + block]).to(dtype), targets[s: s + block])
+             for s in range(0, rows.shape[0], block)]
+    tok = {k: torch.cat([p[k] for p in parts]) if parts else logits.new_zeros(0, dtype=dtype)
+           for k in ("logp", "argmax_logp", "entropy", "peakiness", "top1")}
+    pi_y, sq = tok["logp"].exp(), tok["peakiness"]
     per_token = {
-        "argmax_logp": log_pi.max(dim=-1).values,
-        "entropy": -(pi * log_pi).sum(-1),
+        "entropy": tok["entropy"],
         "A_norm": torch.sqrt((vocab - 2 + vocab * sq).clamp_min(0.0)),
         "pi_minus_e_norm": torch.sqrt((sq - 2 * pi_y + 1).clamp_min(0.0)),
         "energy": 1 - pi_y,
         "peakiness": sq,
-        "top1_share": (log_pi.argmax(dim=-1) == targets).to(log_pi.dtype),
-        "valley_share": (pi_y < 1.0 / vocab).to(log_pi.dtype),
+        "top1_share": tok["top1"],
+        "valley_share": (pi_y < 1.0 / vocab).to(dtype),
     }
     lengths = mask.sum(1).to(torch.float32)  # (N,)
     denom = lengths.clamp_min(1.0)
-    logp_sum = _per_sequence_sum(token_logp, owner, n)
-    argmax_sum = _per_sequence_sum(per_token["argmax_logp"], owner, n)
+    logp_sum = _per_sequence_sum(tok["logp"], owner, n)
+    argmax_sum = _per_sequence_sum(tok["argmax_logp"], owner, n)
     nan = torch.full_like(lengths, float("nan"))
     empty = lengths == 0
     out = {"logp_sum": logp_sum, "logp_mean": logp_sum / denom, "argmax_logp_sum": argmax_sum,
            "argmax_logp_mean": argmax_sum / denom}
-    for name in ("entropy", "A_norm", "pi_minus_e_norm", "energy", "peakiness", "top1_share", "valley_share"):
-        out[name] = _per_sequence_sum(per_token[name], owner, n) / denom
+    for name, values in per_token.items():
+        out[name] = _per_sequence_sum(values, owner, n) / denom
     out = {k: torch.where(empty, nan, v) for k, v in out.items()}
     out["num_tokens"] = lengths
     return {k: out[k] for k in STATISTICS}

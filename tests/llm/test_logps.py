@@ -61,6 +61,41 @@ def test_response_statistics_equal_the_loop(gpt2, tokenizer, pairs, policy):
             assert math.isclose(float(stats[name][n]), sum(per_token) / len(per_token), rel_tol=1e-4, abs_tol=1e-7), name
 
 
+def _float64_statistics(logits, ids, mask):
+    """Every per-token statistic in float64 straight from its definition (log_softmax, no shift trick)."""
+    log_pi = torch.log_softmax(logits.double(), -1)[:, :-1]  # (N, L-1, V)
+    pi, y, m = log_pi.exp(), ids[:, 1:, None], mask[:, 1:].bool()
+    per_token = {"logp": log_pi.gather(-1, y)[..., 0], "argmax_logp": log_pi.max(-1).values,
+                 "entropy": -(pi * log_pi).sum(-1), "peakiness": (pi * pi).sum(-1),
+                 "top1_share": (log_pi.argmax(-1) == y[..., 0]).double()}
+    lengths = m.sum(1)
+    out = {k: (v * m).sum(1) for k, v in per_token.items()}
+    return {"logp_sum": out["logp"], "argmax_logp_sum": out["argmax_logp"],
+            **{k: out[k] / lengths for k in ("entropy", "peakiness", "top1_share")}}
+
+
+def test_response_statistics_stay_exact_for_far_offset_logits_across_blocks(monkeypatch):
+    # Real models' logits sit far from 0 (GPT-2's near -60): an entropy taken as lse - sum pi z without the shift
+    # by max z loses ~1e-3 nats there; the block loop must also give the same numbers for any block size.
+    import llm.logps as logps
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 9, 5000) * 3 - 60
+    logits[..., :4] += 12  # a few likely tokens
+    ids = torch.randint(0, 5000, (3, 9))
+    ids[0, 3] = int(logits[0, 2].argmax())  # one scored token that is the argmax
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 1, 1, 1, 0, 0], [0, 1, 1, 1, 1, 1, 1, 1, 1]])
+    ref = _float64_statistics(logits, ids, mask)
+    whole = response_statistics(logits, ids, mask)
+    monkeypatch.setitem(logps.STAT_BLOCK_ELEMENTS, "cpu", 1)  # 16 positions a block: two blocks here
+    blocks = response_statistics(logits, ids, mask)
+    for name, want in ref.items():
+        for got in (whole, blocks):
+            assert torch.allclose(got[name].double(), want, atol=2e-5, rtol=1e-6), name
+    assert float(whole["top1_share"][0]) > 0
+    assert whole["logp_sum"].dtype == torch.float32
+
+
 def test_bf16_logits_are_reduced_in_float32():
     torch.manual_seed(0)
     logits = (torch.randn(2, 5, 11) * 4).to(torch.bfloat16)
@@ -122,3 +157,14 @@ def test_greedy_statistics_score_the_greedy_response_like_greedy_decode(gpt2, to
     assert torch.all(stats["top1_share"] == 1.0)
     assert torch.allclose(stats["argmax_logp_sum"], stats["logp_sum"], atol=1e-5)
     assert torch.all((stats["peakiness"] > 0) & (stats["peakiness"] <= 1))
+
+
+def test_uniform_logits_give_the_uniform_statistics_and_every_target_ties_for_top1():
+    logits = torch.full((1, 4, 7), -30.0)
+    ids = torch.tensor([[0, 3, 6, 2]])
+    stats = response_statistics(logits, ids, torch.tensor([[0, 1, 1, 1]]))
+    assert math.isclose(float(stats["entropy"][0]), math.log(7), rel_tol=1e-6)
+    assert math.isclose(float(stats["peakiness"][0]), 1 / 7, rel_tol=1e-6)
+    assert math.isclose(float(stats["logp_sum"][0]), 3 * -math.log(7), rel_tol=1e-6)
+    assert float(stats["top1_share"][0]) == 1.0  # every target attains the max (a tie counts)
+    assert float(stats["valley_share"][0]) == 0.0
