@@ -167,4 +167,3 @@ def test_uniform_logits_give_the_uniform_statistics_and_every_target_ties_for_to
     assert math.isclose(float(stats["peakiness"][0]), 1 / 7, rel_tol=1e-6)
     assert math.isclose(float(stats["logp_sum"][0]), 3 * -math.log(7), rel_tol=1e-6)
     assert float(stats["top1_share"][0]) == 1.0  # every target attains the max (a tie counts)
-    assert float(stats["valley_share"][0]) == 0.0
