@@ -7,6 +7,7 @@ H+ = sum_k h+_k and H- = sum_k h-_k:
 - length-normalised CHES: <H+, H-> / (|y+| |y-|) - ||H+||^2 / |y+|^2;
 - token-level CHES (this toolkit's variant): max over y- tokens k' of <h-_k', H+ / |y+|> - ||H+ / |y+|||^2, the one
   y- token most aligned with y+ (a single shared token can drive the displacement);
+- the cosine of the mean hidden states H+ / |y+| and H- / |y-|;
 - eNTK one-step change: the first-order change of log pi(y+ | x) (summed over tokens) of one SGD step of unit
   learning rate on DPO of this pair alone, -<grad log pi(y+), grad L_DPO> (one JVP; at the reference policy
   grad L_DPO = -(beta / 2)(grad log pi(y+) - grad log pi(y-))).
@@ -30,17 +31,57 @@ from llm.encoding import EncodedSequence, collate
 from llm.linearize import directional_changes, summed_logps
 from toykit.losses import compute_loss
 
-__all__ = ["pair_diagnostics", "rank_correlations", "DIAGNOSTICS"]
+__all__ = ["pair_diagnostics", "rank_correlations", "ches_scores", "response_hidden", "DIAGNOSTICS", "CHES_SCORES"]
 
+#: the CHES family of ``ches_scores``, one value per pair.
+CHES_SCORES = ("ches", "ln_ches", "token_ches", "cosine")
 DIAGNOSTICS = ("ches", "ln_ches", "token_ches", "entk_delta_chosen")
 
 
-def _response_hidden(model, seq: EncodedSequence, device) -> torch.Tensor:
-    """(|y|, H) last hidden states at the positions that predict the response tokens."""
-    ids = torch.tensor([list(seq.prompt_ids) + list(seq.response_ids)], device=device)  # (1, L)
-    hidden = model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0]  # (L, H)
-    start = len(seq.prompt_ids)
-    return hidden[start - 1: ids.shape[1] - 1].double()  # position l predicts token l + 1
+@torch.no_grad()
+def response_hidden(model, seqs: Sequence[EncodedSequence], pad_token_id: int, batch_size: int = 16
+                    ) -> list[torch.Tensor]:
+    """Per sequence, the (|y|, H) float64 last hidden states at the positions that predict its response tokens.
+
+    Sequences run right-padded in batches of ``batch_size`` (padding never changes a real position's state).
+    """
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(seqs), batch_size):
+        part = seqs[start: start + batch_size]
+        batch = collate(part, pad_token_id).to(device)
+        hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       output_hidden_states=True).hidden_states[-1]  # (n, L, H)
+        for row, seq in enumerate(part):
+            first = len(seq.prompt_ids) - 1  # position l predicts token l + 1
+            out.append(hidden[row, first: first + len(seq.response_ids)].double())
+    return out
+
+
+def ches_scores(model, chosen: Sequence[EncodedSequence], rejected: Sequence[EncodedSequence],
+                pad_token_id: int) -> dict[str, torch.Tensor]:
+    """The CHES family (CHES_SCORES, see the module docstring) of N pairs, each (N,) float64, in eval mode.
+
+    Math: with H+- = sum_k h+-_k and m+- = H+- / |y+-|: ches = <H+, H-> - ||H+||^2,
+        ln_ches = <m+, m-> - ||m+||^2, token_ches = max_k' <h-_k', m+> - ||m+||^2, cosine = <m+, m-> / (||m+|| ||m-||).
+    """
+    if len(chosen) != len(rejected):
+        raise ValueError(f"ches_scores needs as many y- as y+ ({len(rejected)} vs {len(chosen)})")
+    was_training = model.training
+    model.eval()
+    try:
+        plus, minus = response_hidden(model, chosen, pad_token_id), response_hidden(model, rejected, pad_token_id)
+    finally:
+        model.train(was_training)
+    rows = {k: [] for k in CHES_SCORES}
+    for hp, hm in zip(plus, minus):  # (|y+|, H), (|y-|, H)
+        sp, sm = hp.sum(0), hm.sum(0)
+        mp, mm = sp / len(hp), sm / len(hm)
+        rows["ches"].append(sp @ sm - sp @ sp)
+        rows["ln_ches"].append(mp @ mm - mp @ mp)
+        rows["token_ches"].append((hm @ mp).max() - mp @ mp)
+        rows["cosine"].append(torch.nn.functional.cosine_similarity(mp, mm, dim=0))
+    return {k: torch.stack(v) if v else torch.zeros(0, dtype=torch.float64) for k, v in rows.items()}
 
 
 def pair_diagnostics(model, chosen: Sequence[EncodedSequence], rejected: Sequence[EncodedSequence],
@@ -56,16 +97,10 @@ def pair_diagnostics(model, chosen: Sequence[EncodedSequence], rejected: Sequenc
     model.eval()
     device = next(model.parameters()).device
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    rows = []
+    scores = ches_scores(model, chosen, rejected, pad_token_id)
+    rows = [{"pair": i, **{k: float(scores[k][i]) for k in ("ches", "ln_ches", "token_ches")}}
+            for i in range(len(chosen))]
     try:
-        for i, (c, r) in enumerate(zip(chosen, rejected)):
-            with torch.no_grad():
-                hp, hm = _response_hidden(model, c, device), _response_hidden(model, r, device)  # (|y+|, H), (|y-|, H)
-            sp, sm = hp.sum(0), hm.sum(0)
-            mp = sp / len(hp)
-            rows.append({"pair": i, "ches": float(sp @ sm - sp @ sp),
-                         "ln_ches": float(sp @ sm / (len(hp) * len(hm)) - sp @ sp / len(hp) ** 2),
-                         "token_ches": float((hm @ mp).max() - mp @ mp)})
         for i, (c, r) in enumerate(zip(chosen, rejected)):
             batch_c, batch_r = collate([c], pad_token_id).to(device), collate([r], pad_token_id).to(device)
             leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}

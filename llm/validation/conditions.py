@@ -25,6 +25,7 @@ from llm.config import TrainConfig
 from llm.data import PreferencePair, ProbeSet
 from llm.encoding import TruncationPolicy, collate, encode_sequence
 from llm.logps import response_logits
+from llm.pair_diagnostics import ches_scores
 from llm.probes import ProbeEvaluator
 from llm.training import train
 
@@ -58,38 +59,18 @@ def _batch(tokenizer, prompts: Sequence[str], responses: Sequence[str], device):
     return collate(seqs, tokenizer.pad_token_id).to(device)
 
 
-@torch.no_grad()
-def _mean_hidden(model, tokenizer, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-    """(N, H) mean last-layer hidden state over the positions that predict the response tokens."""
-    device = next(model.parameters()).device
-    batch = _batch(tokenizer, prompts, responses, device)
-    hidden = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   output_hidden_states=True).hidden_states[-1].float()  # (N, L, H)
-    predicts = torch.zeros_like(batch.response_mask, dtype=torch.bool)  # (N, L): position l predicts token l + 1
-    predicts[:, :-1] = batch.response_mask[:, 1:].bool()
-    weights = predicts.float() / predicts.sum(1, keepdim=True).clamp_min(1)  # (N, L)
-    return torch.einsum("nl,nlh->nh", weights, hidden)  # (N, H)
-
-
 def ches_similarity(model, tokenizer, pairs: Sequence[PreferencePair]) -> dict[str, float]:
-    """CHES-style similarity of y+ and y- hidden embeddings, averaged over pairs.
+    """CHES-style similarity of y+ and y- hidden embeddings, averaged over pairs (``llm.pair_diagnostics``).
 
     Math: with hbar+- the mean last-layer hidden state over the positions predicting y+- (length-normalised
         sums), ches_ln = <hbar+, hbar-> - ||hbar+||^2 (Razin et al.'s length-normalised CHES) and
         cosine = <hbar+, hbar-> / (||hbar+|| ||hbar-||).
     References: Razin et al., "Unintentional Unalignment", ICLR 2025 (CHES score); PAPER.md section 9.
     """
-    was = model.training
-    model.eval()
-    try:
-        prompts = [p.prompt for p in pairs]
-        plus = _mean_hidden(model, tokenizer, prompts, [p.chosen for p in pairs])  # (N, H)
-        minus = _mean_hidden(model, tokenizer, prompts, [p.rejected for p in pairs])  # (N, H)
-    finally:
-        model.train(was)
-    ches = (plus * minus).sum(-1) - (plus * plus).sum(-1)  # (N,)
-    cosine = torch.nn.functional.cosine_similarity(plus, minus, dim=-1)  # (N,)
-    return {"ches_ln": float(ches.mean()), "ches_cosine": float(cosine.mean())}
+    chosen = [encode_sequence(tokenizer, p.prompt, p.chosen, _POLICY) for p in pairs]
+    rejected = [encode_sequence(tokenizer, p.prompt, p.rejected, _POLICY) for p in pairs]
+    scores = ches_scores(model, chosen, rejected, tokenizer.pad_token_id)
+    return {"ches_ln": float(scores["ln_ches"].mean()), "ches_cosine": float(scores["cosine"].mean())}
 
 
 def one_step_change(cfg: TrainConfig, model, tokenizer, pairs: Sequence[PreferencePair], probes: ProbeSet,

@@ -40,3 +40,18 @@ def test_the_entk_change_is_prop1_of_one_dpo_step_on_the_pair(gpt2, tokenizer, e
         assert table["entk_delta_chosen"][i] == pytest.approx(expected, rel=1e-8)
     corr = rank_correlations(table)
     assert corr.shape == (4, 4) and np.allclose(np.diag(corr), 1.0)
+
+
+def test_batched_ches_scores_equal_each_pair_alone(gpt2, tokenizer, pairs, policy, encoded):
+    # Right padding of shorter pairs in a batch must not move any real position's hidden state.
+    from llm.pair_diagnostics import CHES_SCORES, ches_scores
+
+    chosen, _ = encoded
+    rejected = [encode_sequence(tokenizer, p.prompt, p.rejected + " no" * i, policy) for i, p in enumerate(pairs[:5])]
+    assert len({len(r.prompt_ids) + len(r.response_ids) for r in rejected}) > 1, "the batch needs padding"
+    batched = ches_scores(gpt2, chosen, rejected, tokenizer.pad_token_id)
+    for i in range(len(chosen)):
+        alone = ches_scores(gpt2, chosen[i: i + 1], rejected[i: i + 1], tokenizer.pad_token_id)
+        for name in CHES_SCORES:
+            assert float(batched[name][i]) == pytest.approx(float(alone[name][0]), rel=1e-4, abs=1e-5), name
+    assert ((batched["cosine"] <= 1 + 1e-9) & (batched["cosine"] >= -1 - 1e-9)).all()
