@@ -22,12 +22,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.func import jvp
 
 from llm.encoding import EncodedBatch, TruncationPolicy, collate, encode_sequence
 from llm.linearize import batch_chunks, full_precision, summed_logps
 from llm.lora import trainable_parameters
 from toykit.decomposition import loglog_slope
+from toykit.forward_ad import jvp  # torch.func.jvp under the process-wide forward-AD lock
 from toykit.losses import compute_loss, get_loss
 from toykit.runs import write_json
 
