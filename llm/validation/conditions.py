@@ -85,7 +85,8 @@ def one_step_change(cfg: TrainConfig, model, tokenizer, pairs: Sequence[Preferen
     before = evaluator(model)
     step_cfg = dataclasses.replace(cfg, warmup_steps=0, epochs=1, max_examples=cfg.batch_size * cfg.grad_accum,
                                    eval_every=10 ** 9, greedy_max_new_tokens=0, out_dir=str(out_dir), explain_prompts=0,
-                                   progress=False, phase=f"{cfg.phase_name}_one_step")
+                                   progress=False, phase=f"{cfg.phase_name}_one_step",
+                                   figure=False)  # a scratch run: only its probes are read
     after = train(step_cfg, model=copy.deepcopy(model), tokenizer=tokenizer, pairs=list(pairs), probes=probes).probes
     changes = [np.abs(after.per_example[p]["logp_sum"] - before.per_example[p]["logp_sum"])
                for p in before.per_example if p in after.per_example]

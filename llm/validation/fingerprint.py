@@ -72,7 +72,8 @@ def fingerprint(preset, seed: int) -> dict[str, Any]:
                 cfg = TrainConfig(model="fingerprint", loss=loss, optimizer=preset.optimizer, lr=lr, batch_size=8,
                                   max_examples=8 * steps, eval_every=10 ** 9, held_out=0, num_probes=_PROBES,
                                   greedy_max_new_tokens=8, device="cpu", seed=seed, save_model=False,
-                                  checkpoint_at_end=False, progress=False, out_dir=str(Path(tmp) / loss))
+                                  checkpoint_at_end=False, progress=False, out_dir=str(Path(tmp) / loss),
+                                  figure=False)  # a scratch run in a temporary folder: only its probes are read
                 result = train(cfg, model=copy.deepcopy(model), tokenizer=tok, pairs=pairs, probes=probes)
                 means = result.probes.means()
                 out[loss] = {f"{p}/{s}": v for (p, s), v in sorted(means.items())
