@@ -30,7 +30,9 @@ rounding of the optimizer's arithmetic, ~1e-7 of the update; its relative norm i
 the LAST term's direction, so the terms sum exactly to the prediction along the real update without a JVP of its
 own. Each term costs one tangent of one forward-mode pass over the probe sequences
 (``llm.linearize.directional_changes``; the primal, shared by all tangents, gives log pi_o(theta_t0)): the measured
-change is log pi_o(theta_t0+W) - log pi_o(theta_t0) and the residual is measured minus predicted.
+change is log pi_o(theta_t0+W) - log pi_o(theta_t0) and the residual is measured minus predicted. With the run's
+``probe_mode shared`` (the default) each probe prompt runs once in that pass and its 7 probe rows continue from its
+key/value cache (checked against one sequence per row at the start; meta.json says which path ran).
 
 Saved with the run under ``explain/``: attribution.npz (values (W+1, N_o), contributions (W, K, N_o), the windows'
 last steps) and meta.json (probe type and prompt of every observed row, terms, the window, fit per window); for
@@ -52,7 +54,7 @@ import torch
 from torch.func import functional_call
 
 from llm.encoding import EncodedBatch, collate, encode_sequence
-from llm.linearize import batch_chunks, directional_changes, observed_logps
+from llm.linearize import batch_chunks, directional_changes, observed_logps, prompt_groups, sharing_problem
 from llm.objective import EXTEND, batch_loss, make_pair_batch
 from toykit.runs import write_json
 
@@ -144,7 +146,11 @@ def term_gradients(model: torch.nn.Module, params: dict[str, torch.Tensor], run,
 
 
 class UpdateSplit:
-    """Per-term update directions of a torch SGD / AdamW / RMSprop step, with one momentum buffer per term."""
+    """Per-term update directions of a torch SGD / AdamW / RMSprop step, with one momentum buffer per term.
+
+    The arithmetic runs on the trainable parameters flattened into one vector (P,), in the order of
+    ``StepContext.params_before``: a handful of vector operations per step, whatever the number of tensors.
+    """
 
     def __init__(self, optimizer: torch.optim.Optimizer, terms: Sequence[str]):
         kind = type(optimizer).__name__
@@ -154,19 +160,29 @@ class UpdateSplit:
         if len(optimizer.param_groups) > 1 or group.get("amsgrad") or group.get("centered") or group.get("maximize"):
             raise ValueError("explain needs one parameter group without amsgrad / centered / maximize")
         self.kind, self.group, self.optimizer, self.terms = kind, group, optimizer, tuple(terms)
-        self.buffers: dict[str, dict[str, torch.Tensor]] = {t: {} for t in self.terms + (WEIGHT_DECAY,)}
+        self.buffers: dict[str, torch.Tensor] = {}  # term -> (P,) momentum buffer
+        self.names: tuple[str, ...] = ()
+        self.shapes: list[torch.Size] = []
 
-    def _buffers(self, term: str, names: Sequence[str], like: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        store = self.buffers[term]
-        return [store.setdefault(n, torch.zeros_like(x)) for n, x in zip(names, like)]
+    @staticmethod
+    def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """(P,) the tensors' values one after the other."""
+        return torch.cat([t.reshape(-1) for t in tensors])
 
-    def directions(self, ctx, grads: dict[str, dict[str, torch.Tensor]], clip: float
-                   ) -> dict[str, dict[str, torch.Tensor]]:
-        """Return term -> parameter name -> d_k (the term's part of Delta theta_t); weight decay is a term.
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Parameter name -> view of ``flat`` (P,) shaped like the parameter."""
+        parts = torch.split(flat, [s.numel() for s in self.shapes])
+        return {n: part.view(shape) for n, part, shape in zip(self.names, parts, self.shapes)}
+
+    def _buffer(self, term: str, like: torch.Tensor) -> torch.Tensor:
+        return self.buffers.setdefault(term, torch.zeros_like(like))
+
+    def flat_directions(self, ctx, grads: dict[str, dict[str, torch.Tensor]], clip: float
+                        ) -> dict[str, torch.Tensor]:
+        """Return term -> d_k (P,), the term's part of Delta theta_t (flattened); weight decay is a term.
 
         The optimizer remainder Delta theta_t - sum_k d_k (its rounding) is not among them: the caller takes it from
-        the real update (``AttributionHook`` folds it into the last term over each window). The arithmetic runs on
-        all parameters at once (torch._foreach_*), as torch's own optimizers do.
+        the real update (``AttributionHook`` folds it into the last term over each window).
 
         Args:
             ctx: the engine's StepContext (theta_t, the model at theta_{t+1}, the optimizer after its step).
@@ -174,49 +190,46 @@ class UpdateSplit:
             clip: the gradient-clipping factor the step applied (1 without clipping).
         """
         g, wd, lr = self.group, float(self.group["weight_decay"]), ctx.lr
+        if not self.names:
+            self.names = tuple(ctx.params_before)
+            self.shapes = [ctx.params_before[n].shape for n in self.names]
         by_name = dict(ctx.model.named_parameters())
-        names = list(ctx.params_before)
-        thetas = [ctx.params_before[n] for n in names]
-        states = [self.optimizer.state[by_name[n]] for n in names]
-        parts = {t: torch._foreach_mul([grads[t][n] for n in names], clip) for t in self.terms}
-        out: dict[str, list[torch.Tensor]] = {}
+        states = [self.optimizer.state[by_name[n]] for n in self.names]
+        theta = self.flatten([ctx.params_before[n] for n in self.names])  # (P,)
+        parts = {t: self.flatten([grads[t][n] for n in self.names]).mul_(clip) for t in self.terms}
+        out: dict[str, torch.Tensor] = {}
         if self.kind == "AdamW":
             b1, b2 = g["betas"]
-            steps = [float(st["step"]) for st in states]
-            denom = torch._foreach_sqrt([st["exp_avg_sq"] for st in states])  # sqrt(v_t / (1 - b2^t)) + eps
-            torch._foreach_div_(denom, [(1 - b2 ** k) ** 0.5 for k in steps])
-            torch._foreach_add_(denom, g["eps"])
-            scale = [-lr / (1 - b1 ** k) for k in steps]
+            steps = {float(st["step"]) for st in states}
+            if len(steps) != 1:
+                raise ValueError(f"explain needs every parameter stepped alike; AdamW steps differ: {sorted(steps)}")
+            k = steps.pop()
+            denom = self.flatten([st["exp_avg_sq"] for st in states]).sqrt_()  # sqrt(v_t / (1 - b2^k)) + eps
+            denom.div_((1 - b2 ** k) ** 0.5).add_(g["eps"])
             for t, gt in parts.items():
-                m = self._buffers(t, names, gt)
-                torch._foreach_mul_(m, b1)
-                torch._foreach_add_(m, gt, alpha=1 - b1)
-                out[t] = torch._foreach_div(m, denom)
-                torch._foreach_mul_(out[t], scale)
+                m = self._buffer(t, gt).mul_(b1).add_(gt, alpha=1 - b1)
+                out[t] = (-lr / (1 - b1 ** k)) * m / denom
             if wd:
-                out[WEIGHT_DECAY] = torch._foreach_mul(thetas, -lr * wd)  # decoupled: -eta lambda theta_t
-            return {t: dict(zip(names, d)) for t, d in out.items()}
+                out[WEIGHT_DECAY] = (-lr * wd) * theta  # decoupled: -eta lambda theta_t
+            return out
         if wd:
-            parts[WEIGHT_DECAY] = torch._foreach_mul(thetas, wd)
+            parts[WEIGHT_DECAY] = wd * theta
         if self.kind == "RMSprop":
-            avg = torch._foreach_sqrt([st["square_avg"] for st in states])
-            torch._foreach_add_(avg, g["eps"])
-            parts = {t: torch._foreach_div(gt, avg) for t, gt in parts.items()}
+            avg = self.flatten([st["square_avg"] for st in states]).sqrt_().add_(g["eps"])
+            parts = {t: gt / avg for t, gt in parts.items()}
         mu = float(g["momentum"])
         for t, gt in parts.items():
             if mu:
                 damp = 1 - g.get("dampening", 0.0) if self.kind == "SGD" and ctx.step > 1 else 1.0
-                b = self._buffers(t, names, gt)
-                torch._foreach_mul_(b, mu)
-                torch._foreach_add_(b, gt, alpha=damp)
-                gt = torch._foreach_add(gt, b, alpha=mu) if g.get("nesterov") else b
-            out[t] = torch._foreach_mul(gt, -lr)
-        return {t: dict(zip(names, d)) for t, d in out.items()}
+                b = self._buffer(t, gt).mul_(mu).add_(gt, alpha=damp)
+                gt = gt + mu * b if g.get("nesterov") else b
+            out[t] = -lr * gt
+        return out
 
-
-def _norm(tensors: dict[str, torch.Tensor]) -> float:
-    """The Euclidean norm of a parameter dict, in float64."""
-    return sum(float(t.double().pow(2).sum()) for t in tensors.values()) ** 0.5
+    def directions(self, ctx, grads: dict[str, dict[str, torch.Tensor]], clip: float
+                   ) -> dict[str, dict[str, torch.Tensor]]:
+        """``flat_directions`` by parameter name: term -> name -> d_k (the parameter's shape)."""
+        return {t: self.unflatten(d) for t, d in self.flat_directions(ctx, grads, clip).items()}
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -260,6 +273,14 @@ class AttributionHook:
         self.observed, self.argmax = batch.to(device), argmax.to(device)
         self.terms = term_names(run.objective)
         self.split = UpdateSplit(run.optimizer, self.terms)
+        self.pad, self.share, self.sharing = run.tokenizer.pad_token_id, False, "probe_mode full"
+        if getattr(run.cfg, "probe_mode", "full") == "shared":  # the probes' own mode: each prompt run once
+            was_training = run.model.training
+            run.model.eval()
+            params = {n: p.detach() for n, p in run.model.named_parameters() if p.requires_grad}
+            problem = sharing_problem(run.model, params, self.observed, self.argmax, self.pad)
+            run.model.train(was_training)
+            self.share, self.sharing = problem is None, problem or "shared"
         self.values, self.contributions, self.steps, self.lrs, self.remainder_norms = [], [], [], [], []
         self.window_starts, self.names = [], self.terms
         self.start, self.sums = None, None  # theta_t0 of the open window and each term's summed direction
@@ -297,13 +318,12 @@ class AttributionHook:
         max_norm = self.run.cfg.max_grad_norm
         clip = min(1.0, max_norm / (ctx.grad_norm + 1e-6)) if max_norm else 1.0  # torch's clip_grad_norm_
         with torch.no_grad():
-            dirs = self.split.directions(ctx, self._term_grads(ctx), clip)
+            dirs = self.split.flat_directions(ctx, self._term_grads(ctx), clip)  # term -> (P,)
             if self.start is None:  # a window opens at theta_t (the engine's clone; kept, not copied)
-                self.start, self.start_step = ctx.params_before, ctx.step - 1
-                self.sums = {t: {n: d.clone() for n, d in dirs[t].items()} for t in dirs}
+                self.start, self.start_step, self.sums = ctx.params_before, ctx.step - 1, dirs
             else:
                 for t, d in dirs.items():
-                    torch._foreach_add_([self.sums[t][n] for n in d], list(d.values()))
+                    self.sums[t].add_(d)
         self.lrs.append(ctx.lr)
         self.last_step = ctx.step
         if ctx.step - self.start_step >= self.every or ctx.step >= self.run.total_steps:
@@ -312,20 +332,20 @@ class AttributionHook:
 
     def _close_window(self, model: torch.nn.Module, step: int) -> None:
         """JVPs at the window's start along each term's summed update; the remainder joins the last term."""
-        now = {n: p.detach() for n, p in model.named_parameters() if n in self.start}
+        split = self.split
+        now = dict(model.named_parameters())
         with torch.no_grad():
-            update = {n: now[n] - self.start[n] for n in self.start}  # theta_t1 - theta_t0, the real window update
-            dirs = self.sums
-            last = list(dirs)[-1]
-            rest = {n: update[n] - sum(dirs[t][n] for t in dirs) for n in update}  # optimizer rounding, ~1e-7
-            rem = _norm(rest) / max(_norm(update), 1e-300)
-            for n, r in rest.items():
-                dirs[last][n].add_(r)  # the terms now sum to the real update exactly
+            update = split.flatten([now[n].detach() - self.start[n] for n in split.names])  # theta_t1 - theta_t0
+            rest = update - sum(self.sums.values())  # the optimizer's rounding, ~1e-7 of the update
+            rem = float(rest.double().norm()) / max(float(update.double().norm()), 1e-300)
+            last = list(self.sums)[-1]
+            self.sums[last].add_(rest)  # the terms now sum to the real update exactly
+            dirs = {t: split.unflatten(d) for t, d in self.sums.items()}
         was_training = model.training
         model.eval()
         try:
             values, changes = directional_changes(model, self.start, self.observed, list(dirs.values()),
-                                                  self.argmax, self.chunk_size)
+                                                  self.argmax, self.chunk_size, self.share, self.pad)
         finally:
             model.train(was_training)
         self.names = tuple(dirs)
@@ -345,8 +365,9 @@ class AttributionHook:
         model.eval()
         with torch.no_grad():
             params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-            final = torch.cat([observed_logps(model, params, part, rows) for part, rows in
-                               batch_chunks(self.observed, self.chunk_size, self.argmax)])
+            final = torch.cat([observed_logps(model, params, part, rows, prompt_groups(part) if self.share else None,
+                                              self.pad)
+                               for part, rows in batch_chunks(self.observed, self.chunk_size, self.argmax)])
         model.train(was_training)
         self.values.append(final.double().cpu().numpy())
         self.seconds += time.perf_counter() - t0
@@ -373,6 +394,7 @@ class AttributionHook:
                                  optimizer=self.split.kind, loss=self.run.objective.loss, every=self.every,
                                  window_starts=self.window_starts,
                                  extra={"seconds": self.seconds, "pair_seconds": self.pair_seconds,
+                                        "share_prompts": self.share, "prompt_sharing": self.sharing,
                                         "remainder_folded_into": self.names[-1], **pairs_meta})
 
 

@@ -99,11 +99,13 @@ class LinearisedLM(torch.nn.Module):
         return twin
 
 
-def forecast(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None):
+def forecast(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None, hooks=()):
     """Predict the run ``cfg`` describes by training its model linearised at the start; return the TrainResult.
 
     The run directory (phase ``forecast-<phase>``) holds the forecast's metrics.jsonl (the probes' predicted curves
     at the run's evaluation steps) and forecast.json (the cost: seconds in all, per step, and per probe pass).
+
+    ``hooks`` (llm.hooks) are passed to the engine's loop (they see the linearised model).
 
     Raises:
         ValueError: greedy decoding asked for (a linearised model is not decoded), or explain asked for.
@@ -123,7 +125,7 @@ def forecast(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=No
         fcfg = dataclasses.replace(fcfg, probe_mode="full")
     if getattr(fcfg, "share_prompts", False):
         fcfg = dataclasses.replace(fcfg, share_prompts=False)
-    result = train(fcfg, model=lin, tokenizer=inputs.tokenizer, pairs=pairs, probes=inputs.probes)
+    result = train(fcfg, model=lin, tokenizer=inputs.tokenizer, pairs=pairs, probes=inputs.probes, hooks=hooks)
     seconds = time.perf_counter() - t0
     cost = {"kind": "logits linearised at the start (softmax exact), the run's recipe", "seconds": seconds,
             "train_seconds": result.summary.get("train_seconds"), "probe_seconds": result.summary.get("probe_seconds"),

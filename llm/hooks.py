@@ -9,7 +9,7 @@
   gradients still in ``p.grad``, the step's pairs and learning rate;
 - ``hook.on_train_end(run)`` once, after the last step.
 
-Every method is optional. Parameters are cloned only when a hook is present, so a run without hooks pays nothing.
+Every method is optional. Parameters are cloned only when a hook has ``on_step``, so a run without one pays nothing.
 A hook with ``wants_response_gradients = True`` also gets, in ``StepContext.response_gradients``, the step's loss
 gradient split by the responses it flows through (``backward_by_response``: y+ and y- scored in two forward passes,
 one backward pass through each, so the split costs no more than the engine's own backward).

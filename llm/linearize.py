@@ -12,6 +12,7 @@ References: Ren & Sutherland, ICLR 2025, Proposition 1 (PAPER.md section 2, "che
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import types
 import warnings
 from typing import Iterator, Sequence
@@ -21,8 +22,10 @@ from torch.func import functional_call, jvp, vmap
 
 from llm.encoding import EncodedBatch
 from llm.logps import logps_from_logits, response_logits
+from llm.prefix import SharingUnsupported, cache_keyword, continuation_logits, prefix_forward
 
-__all__ = ["summed_logps", "observed_logps", "batch_chunks", "directional_changes", "full_precision"]
+__all__ = ["summed_logps", "observed_logps", "batch_chunks", "directional_changes", "full_precision", "PromptGroups",
+           "prompt_groups", "sharing_problem"]
 
 
 def _response_logits(model: torch.nn.Module, params: dict[str, torch.Tensor], batch: EncodedBatch):
@@ -40,22 +43,102 @@ def summed_logps(model: torch.nn.Module, params: dict[str, torch.Tensor], batch:
     return logps_from_logits(*_response_logits(model, params, batch)).summed  # the engine's one reduction
 
 
+@dataclasses.dataclass(frozen=True)
+class PromptGroups:
+    """The rows of an EncodedBatch grouped by prompt: G distinct prompts, each row's prompt and response tokens."""
+
+    prompts: list[list[int]]  # G prompts, >= 2 tokens each
+    owners: list[int]  # (N,) the prompt of each row
+    responses: list[list[int]]  # N responses
+
+
+def prompt_groups(batch: EncodedBatch) -> PromptGroups | None:
+    """Group the (right-padded) rows of ``batch`` by prompt; None when a prompt has under 2 tokens (nothing to share).
+    """
+    prompts, owners, responses, index = [], [], [], {}
+    for ids, attention, response in zip(batch.input_ids.tolist(), batch.attention_mask.tolist(),
+                                        batch.response_mask.tolist()):
+        start, end = response.index(1), sum(attention)
+        prompt = tuple(ids[:start])
+        if len(prompt) < 2:
+            return None
+        owners.append(index.setdefault(prompt, len(index)))
+        if owners[-1] == len(prompts):
+            prompts.append(list(prompt))
+        responses.append(ids[start:end])
+    return PromptGroups(prompts, owners, responses)
+
+
+class _Bound:
+    """``model`` at the parameter dict ``params`` with the interface llm.prefix calls (config, parameters, kwargs)."""
+
+    def __init__(self, model: torch.nn.Module, params: dict[str, torch.Tensor]):
+        self.model, self.params, self.config = model, params, model.config
+
+    def parameters(self):
+        return iter(self.params.values())
+
+    def __call__(self, **kwargs):
+        return functional_call(self.model, self.params, (), kwargs)
+
+
+class _BoundCache(_Bound):
+    def forward(self, input_ids=None, cache=None, **kwargs):  # the signature llm.prefix.cache_keyword reads
+        return self(input_ids=input_ids, cache=cache, **kwargs)
+
+
+class _BoundPast(_Bound):
+    def forward(self, input_ids=None, past_key_values=None, **kwargs):
+        return self(input_ids=input_ids, past_key_values=past_key_values, **kwargs)
+
+
+def _shared_logits(model: torch.nn.Module, params: dict[str, torch.Tensor], groups: PromptGroups, pad_token_id: int):
+    """``llm.prefix`` continuation logits (N, 1 + R, V) of every row, each prompt run once, at ``params``."""
+    bound = (_BoundCache if cache_keyword(model) == "cache" else _BoundPast)(model, params)
+    prefix = prefix_forward(bound, groups.prompts, pad_token_id)
+    return continuation_logits(bound, prefix, groups.owners, groups.responses, pad_token_id)
+
+
 def observed_logps(model: torch.nn.Module, params: dict[str, torch.Tensor], batch: EncodedBatch,
-                   argmax: torch.Tensor | None = None) -> torch.Tensor:
+                   argmax: torch.Tensor | None = None, groups: PromptGroups | None = None,
+                   pad_token_id: int = 0) -> torch.Tensor:
     """Return (N,) summed log-probs; rows with ``argmax`` True score the TEACHER-FORCED argmax instead.
 
     Args:
         batch: (N, L) encoded (prompt, response) rows.
         argmax: (N,) bool; a True row gives sum_m log max_v pi(v | x, y_<m) along its response prefix.
+        groups: ``prompt_groups(batch)`` to run each distinct prompt once (``llm.prefix``: its key/value cache
+            continued by every response of it), or None for one sequence per row; equal up to float rounding.
+        pad_token_id: the id of padding slots in the shared path.
 
     Math: the argmax rows' derivative is that of log pi(argmax token) at each position (Danskin: the maximiser is
     locally constant), so a JVP of this function is the first-order change of both probe kinds.
     """
-    logits, targets, response = _response_logits(model, params, batch)  # (N, K, V), (N, K), (N, K)
+    if groups is not None:
+        logits, targets, response = _shared_logits(model, params, groups, pad_token_id)  # (N, 1 + R, ...)
+    else:
+        logits, targets, response = _response_logits(model, params, batch)  # (N, K, V), (N, K), (N, K)
     if argmax is not None and bool(argmax.any()):
         best = torch.cat([targets[:, :1], logits[:, :-1].detach().argmax(-1)], dim=1)  # (N, K): token l from z_{l-1}
         targets = torch.where(argmax.unsqueeze(1) & response.bool(), best, targets)
     return logps_from_logits(logits, targets, response).summed
+
+
+def sharing_problem(model: torch.nn.Module, params: dict[str, torch.Tensor], batch: EncodedBatch,
+                    argmax: torch.Tensor | None, pad_token_id: int, tol: float = 1e-3) -> str | None:
+    """Why ``observed_logps`` cannot share the prompts of ``batch`` for ``model`` (None when it can): a prompt of
+    under 2 tokens, a model without a usable key/value cache, or shared values off the full ones by over ``tol``."""
+    groups = prompt_groups(batch)
+    if groups is None:
+        return "a prompt has under 2 tokens"
+    try:
+        with torch.no_grad():
+            shared = observed_logps(model, params, batch, argmax, groups, pad_token_id)
+            full = observed_logps(model, params, batch, argmax)
+    except (SharingUnsupported, TypeError, ValueError) as err:
+        return f"{type(err).__name__}: {err}"
+    gap = float((shared - full).abs().max())
+    return None if gap <= tol else f"shared log-probs differ from the full ones by {gap:.2e} nats"
 
 
 def batch_chunks(batch: EncodedBatch, size: int, *extra: torch.Tensor | None) -> Iterator[tuple]:
@@ -68,10 +151,13 @@ def batch_chunks(batch: EncodedBatch, size: int, *extra: torch.Tensor | None) ->
 
 def directional_changes(model: torch.nn.Module, params: dict[str, torch.Tensor], observed: EncodedBatch,
                         directions: Sequence[dict[str, torch.Tensor]], argmax: torch.Tensor | None = None,
-                        chunk_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                        chunk_size: int = 256, share_prompts: bool = False, pad_token_id: int = 0
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return log pi_o at ``params`` (N_o,) and <grad_theta log pi_o, d_k> for every direction d_k (K, N_o).
 
     The K JVPs of a chunk run as one vmapped forward-mode pass (the primal forward is not repeated per direction).
+    With ``share_prompts`` each distinct prompt of a chunk runs once (``observed_logps`` with ``prompt_groups``;
+    check ``sharing_problem`` first).
 
     Math: the first-order change of log pi(y_o | x_o) along a parameter change d is J_o d, one JVP per direction.
     References: PAPER.md section 2 (Prop. 1 without building the V x V x M x L kernel).
@@ -79,7 +165,8 @@ def directional_changes(model: torch.nn.Module, params: dict[str, torch.Tensor],
     values, changes = [], []
     stacked = {n: torch.stack([d[n] for d in directions]) for n in params} if directions else None  # (K, ...)
     for part, rows in batch_chunks(observed, chunk_size, argmax):
-        fn = lambda p: observed_logps(model, p, part, rows)  # noqa: E731
+        groups = prompt_groups(part) if share_prompts else None
+        fn = lambda p: observed_logps(model, p, part, rows, groups, pad_token_id)  # noqa: E731
         if directions:
             # One forward-mode pass for all K directions (the primal is shared, the tangents batched).
             with warnings.catch_warnings():

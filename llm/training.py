@@ -283,6 +283,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
             last = probe_now()
         model.train()
         params = [p for p in model.parameters() if p.requires_grad]
+        stepping = any(hasattr(h, "on_step") for h in hooks)  # theta_t is cloned only for a hook that reads it
         split = wants_response_gradients(hooks)  # the gradient by response: one backward pass through each
         named = {n: p for n, p in model.named_parameters() if p.requires_grad} if split else None
         # On CUDA y+ and y- run in two graphs (the passes then cost one backward in all); on a CPU at small sizes
@@ -310,11 +311,11 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
             world.sum_gradients(params)
             lr = optimizer.param_groups[0]["lr"]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-            before = snapshot(model) if hooks else None
+            before = snapshot(model) if stepping else None
             optimizer.step()
             scheduler.step()
             step, seen = step + 1, seen + len(idx)
-            if hooks:
+            if stepping:
                 call_hooks(hooks, "on_step", StepContext(step, seen, idx, lr, float(grad_norm), before, model,
                                                        optimizer, by_response))
             merged = world.gather({k: None if not parts or parts[0][k] is None else torch.cat([p[k] for p in parts])

@@ -200,3 +200,16 @@ def test_the_split_from_two_graphs_is_the_one_graph_gradient(tmp_path):
         torch.testing.assert_close(total, g, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(check.grad[name], g, rtol=1e-9, atol=1e-12)
     assert max(float(g.abs().max()) for g in check.split["chosen"].values()) > 0
+
+
+def test_the_attribution_with_shared_prompts_equals_one_sequence_per_row(tmp_path):
+    kw = dict(dtype="float64", epochs=1, optimizer="adamw", weight_decay=0.1)
+    shared, full = AttributionHook(num_prompts=4, every=2), AttributionHook(num_prompts=4, every=2)
+    a = train(_cfg(tmp_path, "shared", probe_mode="shared", **kw), hooks=[shared])
+    b = train(_cfg(tmp_path, "full", probe_mode="full", **kw), hooks=[full])
+    (sa, ma), (sb, mb) = _saved(a), _saved(b)
+    assert ma["share_prompts"] and not mb["share_prompts"] and mb["prompt_sharing"] == "probe_mode full"
+    assert len(ma["probe_types"]) == 28 and len(set(ma["prompts"])) == 4  # 7 rows share each prompt
+    np.testing.assert_allclose(sa["values"], sb["values"], rtol=1e-12, atol=1e-10)
+    np.testing.assert_allclose(sa["contributions"], sb["contributions"], rtol=1e-8,
+                               atol=1e-10 * np.abs(sb["contributions"]).max())
