@@ -14,7 +14,7 @@ import torch
 from llm.encoding import EncodedBatch, EncodedSequence, collate
 
 __all__ = ["SequenceLogps", "logps_from_logits", "sequence_logps", "encoded_logps", "response_logits",
-           "response_statistics", "greedy_decode", "greedy_statistics", "STATISTICS"]
+           "response_statistics", "head_statistics", "greedy_decode", "greedy_statistics", "STATISTICS"]
 
 #: per-response statistics of ``response_statistics``; "argmax" is the TEACHER-FORCED argmax along the scored prefix.
 STATISTICS = ("logp_sum", "logp_mean", "argmax_logp_sum", "argmax_logp_mean", "entropy", "A_norm", "pi_minus_e_norm",
@@ -158,17 +158,47 @@ def response_statistics(logits: torch.Tensor, input_ids: torch.Tensor,
     """
     _check_shapes(logits, input_ids, response_mask)
     n, width, vocab = logits.shape
+    flat = logits.reshape(n * width, vocab)  # (N L, V), a view of contiguous logits
+    return _reduce_statistics(lambda rows: flat.index_select(0, rows), vocab, logits.dtype, input_ids, response_mask)
+
+
+def head_statistics(hidden: torch.Tensor, head: torch.nn.Module, input_ids: torch.Tensor,
+                    response_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """``response_statistics`` from last hidden states: the LM head runs on the scored positions only, per block.
+
+    The (N, L, V) logits are never formed (a block of STAT_BLOCK_ELEMENTS at a time), so padding and the positions
+    that predict no response token cost no LM head, and memory stays O(block) whatever the vocabulary.
+
+    Args:
+        hidden: (N, L, H) the final (normed) hidden states, e.g. ``model.base_model(...).last_hidden_state``.
+        head: the output embedding, z = head(h) (``model.get_output_embeddings()``; a model that post-processes
+            its logits, e.g. soft-capping, needs ``response_statistics`` of its own logits instead).
+        input_ids, response_mask: (N, L).
+    """
+    if hidden.dim() != 3 or hidden.shape[:2] != input_ids.shape or input_ids.shape != response_mask.shape:
+        raise ValueError(f"expected hidden (N, L, H) and input_ids / response_mask (N, L); got "
+                         f"{tuple(hidden.shape)}, {tuple(input_ids.shape)}, {tuple(response_mask.shape)}")
+    n, width, size = hidden.shape
+    flat = hidden.reshape(n * width, size)  # (N L, H)
+    vocab = head.weight.shape[0]
+    return _reduce_statistics(lambda rows: head(flat.index_select(0, rows)), vocab, head.weight.dtype, input_ids,
+                              response_mask)
+
+
+def _reduce_statistics(block_logits, vocab: int, dtype: torch.dtype, input_ids: torch.Tensor,
+                       response_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """STATISTICS of every response from ``block_logits(rows)``: the (B, V) logits of rows n L + l of the batch."""
+    n, width = input_ids.shape
     mask = response_mask[:, 1:].bool()  # (N, L-1): logits at l predict token l + 1
     where = mask.nonzero()  # (T, 2) (sequence, position) of every scored token
     owner = where[:, 0]  # (T,)
-    rows = owner * width + where[:, 1]  # (T,) rows of the (N L, V) logits
+    rows = owner * width + where[:, 1]  # (T,) rows of the flattened (N L, .) batch
     targets = input_ids[:, 1:][mask]  # (T,)
-    flat = logits.reshape(n * width, vocab)  # (N L, V), a view of contiguous logits
-    dtype = torch.float32 if logits.dtype in (torch.float16, torch.bfloat16) else logits.dtype
-    block = max(16, STAT_BLOCK_ELEMENTS.get(logits.device.type, 2**26) // vocab)
-    parts = [_token_statistics(flat.index_select(0, rows[s: s + block]).to(dtype), targets[s: s + block])
+    dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    block = max(16, STAT_BLOCK_ELEMENTS.get(input_ids.device.type, 2**26) // vocab)
+    parts = [_token_statistics(block_logits(rows[s: s + block]).to(dtype), targets[s: s + block])
              for s in range(0, rows.shape[0], block)]
-    tok = {k: torch.cat([p[k] for p in parts]) if parts else logits.new_zeros(0, dtype=dtype)
+    tok = {k: torch.cat([p[k] for p in parts]) if parts else torch.zeros(0, dtype=dtype, device=input_ids.device)
            for k in ("logp", "argmax_logp", "entropy", "peakiness", "top1")}
     pi_y, sq = tok["logp"].exp(), tok["peakiness"]
     per_token = {

@@ -23,7 +23,8 @@ import torch
 from llm.encoding import EncodedSequence, collate
 from llm.logps import SequenceLogps, encoded_logps, logps_from_logits
 
-__all__ = ["PrefixCache", "SharingUnsupported", "prefix_forward", "continuation_logits", "cache_keyword",
+__all__ = ["PrefixCache", "SharingUnsupported", "prefix_forward", "continuation_logits", "continuation_hidden",
+           "head_path", "cache_keyword",
            "group_by_budget", "split_batches", "plan_groups", "GROUP_BATCHES", "shares_prompts", "shared_pair_logps", "sharing_problem"]
 
 
@@ -132,6 +133,28 @@ def prefix_forward(model, prompts: Sequence[Sequence[int]], pad_token_id: int,
                        model.config)
 
 
+def _continuation_inputs(model, prefix: PrefixCache, owners: Sequence[int], responses: Sequence[Sequence[int]],
+                         pad_token_id: int) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The forward arguments of N responses continuing from their prompts' cached prefixes, and ids, response mask."""
+    device = prefix.mask.device
+    index = torch.as_tensor(list(owners), dtype=torch.long, device=device)  # (N,)
+    width = 1 + max(len(r) for r in responses)
+    ids = torch.full((len(responses), width), pad_token_id, dtype=torch.long)  # (N, 1 + R)
+    resp = torch.zeros((len(responses), width), dtype=torch.long)  # (N, 1 + R)
+    for n, r in enumerate(responses):
+        ids[n, 1: 1 + len(r)] = torch.tensor(r, dtype=torch.long)
+        resp[n, 1: 1 + len(r)] = 1
+    ids, resp = ids.to(device), resp.to(device)
+    ids[:, 0] = prefix.last_tokens[index]
+    seq_mask = resp.clone()
+    seq_mask[:, 0] = 1
+    attention = torch.cat([prefix.mask[index], seq_mask], dim=1)  # (N, P + 1 + R)
+    positions = prefix.lengths[index, None] + torch.arange(width, device=device)  # (N, 1 + R)
+    kwargs = {"input_ids": ids, "attention_mask": attention, "position_ids": positions, "use_cache": True,
+              cache_keyword(model): prefix.rows(index)}
+    return kwargs, ids, resp
+
+
 def continuation_logits(model, prefix: PrefixCache, owners: Sequence[int], responses: Sequence[Sequence[int]],
                         pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score N responses continuing from their prompts' cached prefixes.
@@ -147,24 +170,39 @@ def continuation_logits(model, prefix: PrefixCache, owners: Sequence[int], respo
         logits (N, 1 + R, V) of the sequences [x_|x|, y] (R the longest response) and their input_ids and
         response_mask (N, 1 + R), in the layout of ``llm.logps.response_logits``.
     """
-    device = prefix.mask.device
-    index = torch.as_tensor(list(owners), dtype=torch.long, device=device)  # (N,)
-    width = 1 + max(len(r) for r in responses)
-    ids = torch.full((len(responses), width), pad_token_id, dtype=torch.long)  # (N, 1 + R)
-    resp = torch.zeros((len(responses), width), dtype=torch.long)  # (N, 1 + R)
-    for n, r in enumerate(responses):
-        ids[n, 1: 1 + len(r)] = torch.tensor(r, dtype=torch.long)
-        resp[n, 1: 1 + len(r)] = 1
-    ids, resp = ids.to(device), resp.to(device)
-    ids[:, 0] = prefix.last_tokens[index]
-    seq_mask = resp.clone()
-    seq_mask[:, 0] = 1
-    attention = torch.cat([prefix.mask[index], seq_mask], dim=1)  # (N, P + 1 + R)
-    positions = prefix.lengths[index, None] + torch.arange(width, device=device)  # (N, 1 + R)
-    kwargs = {cache_keyword(model): prefix.rows(index)}
-    logits = model(input_ids=ids, attention_mask=attention, position_ids=positions, use_cache=True,
-                   **kwargs).logits  # (N, 1 + R, V)
-    return logits, ids, resp
+    kwargs, ids, resp = _continuation_inputs(model, prefix, owners, responses, pad_token_id)
+    return model(**kwargs).logits, ids, resp  # (N, 1 + R, V)
+
+
+def head_path(model) -> torch.nn.Linear | None:
+    """The output embedding when the model's logits are exactly ``head(base_model(...).last_hidden_state)``.
+
+    None for a model without a separate base model or a linear head, or whose config names a logit post-processing
+    (soft-capping, scaling); ``llm.probes`` also checks the first batch against the full path.
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    if not isinstance(head, torch.nn.Linear) or getattr(model, "base_model", model) is model:
+        return None
+    if any(getattr(config, key, None) not in (None, 1, 1.0) for key in _LOGIT_POSTPROCESSING):
+        return None
+    return head
+
+
+#: config fields of Hugging Face models whose logits are not the bare head output (Gemma 2/3, Cohere, Granite,
+#: MiniCPM-style scaling).
+_LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "dim_model_base")
+
+
+def continuation_hidden(model, prefix: PrefixCache, owners: Sequence[int], responses: Sequence[Sequence[int]],
+                        pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``continuation_logits`` without the LM head: the final hidden states (N, 1 + R, H), input_ids, response_mask.
+
+    For ``llm.logps.head_statistics`` with ``head_path(model)``: the head then runs on the scored positions only.
+    """
+    base = model.base_model
+    kwargs, ids, resp = _continuation_inputs(base, prefix, owners, responses, pad_token_id)
+    return base(**kwargs).last_hidden_state, ids, resp
 
 
 def split_batches(lengths: Sequence[int], max_rows: int, overhead: int) -> list[tuple[int, int]]:

@@ -6,8 +6,9 @@ example at a time, in one of two modes (PROBE_MODES):
 - "shared" (the default): each prompt runs once and all of its responses are scored from its key/value cache
   (``llm.prefix``), so a prompt with 12 probe responses costs |x| + 12 |y| tokens instead of 12 (|x| + |y|). Prompts
   are taken in length order, grouped so that a group's responses fill a few batches; the cache is kept for one
-  group at a time, never for the whole set. Models that cannot continue from a cache fall back to "full" with a
-  warning.
+  group at a time, never for the whole set. The LM head runs on the scored positions only, block by block
+  (``llm.logps.head_statistics``: no (N, L, V) logits), unless the model's logits are more than its head's output
+  (then its own logits are scored). Models that cannot continue from a cache fall back to "full" with a warning.
 - "full": every [prompt, response] is its own sequence, sorted by length and right-padded (the reference path).
 
 ``evaluate_sequential`` is the paper's method (one forward pass per example and probe type, batch 1), kept as the
@@ -26,8 +27,9 @@ import torch
 
 from llm.data import ProbeSet
 from llm.encoding import EncodedSequence, TruncationPolicy, collate, encode_record, encode_sequence, truncation_report
-from llm.logps import STATISTICS, greedy_statistics, response_logits, response_statistics
-from llm.prefix import SharingUnsupported, continuation_logits, plan_groups, prefix_forward
+from llm.logps import STATISTICS, greedy_statistics, head_statistics, response_logits, response_statistics
+from llm.prefix import (SharingUnsupported, continuation_hidden, continuation_logits, head_path, plan_groups,
+                         prefix_forward)
 
 __all__ = ["ProbeResult", "ProbeEvaluator", "evaluate_sequential", "GREEDY_PROBE", "ARGMAX_PROBE",
            "RESPONSE_STATISTICS", "GREEDY_STATISTICS", "PROBE_MODES"]
@@ -136,6 +138,7 @@ class ProbeEvaluator:
         self.order = sorted(range(len(self.items)), key=lambda k: self.items[k][2].length)
         self.truncation = truncation_report([s for _, _, s in self.items], policy)
         self._plan_shared()
+        self._use_head = True  # until the first batch shows the model's logits are not its head's output
         self.active_mode: str | None = None if mode == "shared" else "full"
 
     def _plan_shared(self) -> None:
@@ -224,6 +227,7 @@ class ProbeEvaluator:
                 _store(out, probe, i, stats, row)
 
     def _shared(self, model, device: torch.device, out) -> None:
+        head = head_path(model) if self._use_head else None  # the LM head on scored positions only
         for prompts, chunks in self.groups:
             try:
                 prefix = prefix_forward(model, prompts, self.pad_token_id, self.batch_size)
@@ -232,27 +236,34 @@ class ProbeEvaluator:
             for chunk in chunks:
                 owners = [g for g, _ in chunk]
                 responses = [self.items[k][2].response_ids for _, k in chunk]
-                stats = self._stats(continuation_logits(model, prefix, owners, responses, self.pad_token_id))
+                stats = self._continuation_stats(model, prefix, owners, responses, head)
                 if self.active_mode is None:  # first batch on this evaluator: the full path must agree
-                    self._self_check(model, device, [k for _, k in chunk], stats)
+                    reference = self._reference_stats(model, device, [k for _, k in chunk])
+                    if head is not None and not _agree(reference, stats):
+                        head = None  # logits post-processed beyond the head: score the model's own logits
+                        self._use_head = False
+                        stats = self._continuation_stats(model, prefix, owners, responses, head)
+                    if not _agree(reference, stats):
+                        raise SharingUnsupported(f"its cached continuation differs from the full forward pass by "
+                                                 f"{_difference(reference, stats):.3g} nats on the first batch")
+                    self.active_mode = "checking"
                 for row, (_, k) in enumerate(chunk):
                     probe, i, _ = self.items[k]
                     _store(out, probe, i, stats, row)
 
-    def _self_check(self, model, device: torch.device, index: list[int], stats: dict[str, np.ndarray]) -> None:
-        self.active_mode = "checking"
+    def _continuation_stats(self, model, prefix, owners, responses, head) -> dict[str, np.ndarray]:
+        if head is None:
+            return self._stats(continuation_logits(model, prefix, owners, responses, self.pad_token_id))
+        hidden, ids, mask = continuation_hidden(model, prefix, owners, responses, self.pad_token_id)
+        return {k: v.double().cpu().numpy() for k, v in head_statistics(hidden, head, ids, mask).items()}
+
+    def _reference_stats(self, model, device: torch.device, index: list[int]) -> dict[str, np.ndarray] | None:
+        """The full path's statistics of ``index`` (None under half precision: rounding exceeds the tolerance)."""
         autocast = self.autocast_dtype is not None and device.type == "cuda"
         if autocast or next(model.parameters()).dtype in (torch.float16, torch.bfloat16):
-            return  # half precision: the two paths differ by rounding more than the tolerance
+            return None
         batch = collate([self.items[k][2] for k in index], self.pad_token_id).to(device)
-        full = self._stats(response_logits(model, batch.input_ids, batch.attention_mask, batch.response_mask))
-        a, b = full["logp_sum"], stats["logp_sum"]
-        finite = np.isfinite(a) & np.isfinite(b)  # a diverged model is NaN both ways: not a reason to fall back
-        diff = float(np.abs(a[finite] - b[finite]).max(initial=0.0)) if (np.isfinite(a) == np.isfinite(b)).all() \
-            else float("nan")
-        if not diff <= _SELF_CHECK_TOL:
-            raise SharingUnsupported(f"its cached continuation differs from the full forward pass by {diff:.3g} "
-                                     f"nats on the first batch")
+        return self._stats(response_logits(model, batch.input_ids, batch.attention_mask, batch.response_mask))
 
     def _greedy(self, model, out: dict[str, np.ndarray]) -> None:
         prompts = {i: s for p, i, s in self.items if p == "chosen"}
@@ -264,6 +275,19 @@ class ProbeEvaluator:
             for row, i in enumerate(idx):
                 for stat in GREEDY_STATISTICS:
                     out[stat][i] = float(stats[stat][row])
+
+
+def _difference(reference: dict[str, np.ndarray], stats: dict[str, np.ndarray]) -> float:
+    """Largest |logp_sum| difference; NaN where only one side is finite (a diverged model is NaN both ways)."""
+    a, b = reference["logp_sum"], stats["logp_sum"]
+    if not (np.isfinite(a) == np.isfinite(b)).all():
+        return float("nan")
+    finite = np.isfinite(a)
+    return float(np.abs(a[finite] - b[finite]).max(initial=0.0))
+
+
+def _agree(reference: dict[str, np.ndarray] | None, stats: dict[str, np.ndarray]) -> bool:
+    return reference is None or _difference(reference, stats) <= _SELF_CHECK_TOL
 
 
 @torch.no_grad()

@@ -53,6 +53,7 @@ def test_shared_prompts_equal_the_full_path_for_every_architecture(arch, tokeniz
         shared = ProbeEvaluator(probes, tokenizer, policy, batch_size=batch_size, mode="shared")
         result = shared(model)
         assert shared.active_mode == "shared", batch_size
+        assert shared._use_head, "the LM head ran on the scored positions only"
         assert shared.unshared and all(shared.items[k][1] == 1 for k in shared.unshared)
         _assert_same(result, reference, rtol=0, atol=1e-4)
         assert np.isnan(result.per_example["rejected"]["logp_sum"][3])
@@ -122,6 +123,33 @@ def test_shared_falls_back_to_full_with_a_message(wrapper, reason, gpt2, tokeniz
         result = evaluator(wrapper(gpt2))
     assert evaluator.active_mode == "full"
     _assert_same(result, ProbeEvaluator(probes, tokenizer, policy, batch_size=8, mode="full")(gpt2))
+
+
+def test_logits_post_processed_beyond_the_head_are_scored_from_the_model_itself(gpt2, tokenizer, pairs, policy):
+    # A model whose logits are not head(last hidden state) (here: doubled by a hook, like soft-capping or a logit
+    # scale) fails the first-batch check of the head path and is scored from its own logits, still shared.
+    from llm.prefix import head_path
+
+    probes = probe_set_from_pairs(pairs[:4], seed=0)
+    full = ProbeEvaluator(probes, tokenizer, policy, batch_size=8, mode="full")
+    def double(module, args, output):
+        output.logits.mul_(2.0)  # in place: the hook returns None, so the output object stays
+
+    handle = gpt2.register_forward_hook(double)
+    try:
+        assert head_path(gpt2) is not None  # nothing in its config says so: only the check can tell
+        evaluator = ProbeEvaluator(probes, tokenizer, policy, batch_size=8, mode="shared")
+        result = evaluator(gpt2)
+        reference = full(gpt2)
+    finally:
+        handle.remove()
+    assert evaluator.active_mode == "shared" and not evaluator._use_head
+    _assert_same(result, reference, rtol=0, atol=1e-4)
+    gpt2.config.final_logit_softcapping = 30.0
+    try:
+        assert head_path(gpt2) is None
+    finally:
+        del gpt2.config.final_logit_softcapping
 
 
 def test_unknown_probe_mode_is_refused(tokenizer, pairs, policy):
