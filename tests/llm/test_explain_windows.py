@@ -10,6 +10,7 @@ import torch
 
 from llm.config import TrainConfig
 from llm.explain import AttributionHook, UpdateSplit, term_gradients, term_names
+from llm.explain_report import format_explanation, load_explanation
 from llm.linearize import directional_changes
 from llm.training import train
 
@@ -107,6 +108,11 @@ def test_a_window_sums_its_terms_to_the_prediction_along_its_real_update_and_tra
     assert np.abs(measured).max() > 1e-3 and min(meta["per_step_correlation"]) > 0.99
     assert meta["relative_error"] < 0.1
     assert np.abs(contrib[:, 0]).max() > 0 and np.abs(contrib[:, 1]).max() > 0
+    expl = load_explanation(result.run_dir)  # the report reads the windows' steps and says the window
+    np.testing.assert_array_equal(expl.steps, np.arange(0, 33, every))
+    np.testing.assert_allclose(expl.measured[:, -1], [measured[:, np.asarray(meta["probe_types"]) == t].sum(0).mean()
+                                                      for t in expl.probe_types], rtol=1e-9)
+    assert "per-window (8 windows of 4 steps)" in format_explanation(expl)
 
 
 def test_a_run_that_stops_inside_a_window_closes_it(tmp_path):
