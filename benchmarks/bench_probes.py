@@ -9,7 +9,7 @@ probe type) when present, else derived from synthetic pairs. Every mode's per-ex
 full path (largest absolute difference). ``--memory`` (or ``--memory-only``) adds each mode's peak resident memory
 above its set-up, each mode alone in a fresh process.
 
-    python benchmarks/bench_probes.py [--probes FILE] [--num-prompts 500] [--batch-size 64] [--device auto]
+    python benchmarks/bench_probes.py [--probes FILE] [--num-prompts 500] [--batch-size 64] [--vocab 50257] [--device auto]
 """
 
 from __future__ import annotations
@@ -50,9 +50,9 @@ def _setup(args):
     probes, source = _probe_set(args.probes, args.num_prompts)
     texts = list(probes.prompts) + [t for v in probes.responses.values() for t in v if t]
     tok = train_bpe_tokenizer(texts, vocab_size=2000)
-    model = tiny_model(args.arch, len(tok), seed=0, hidden=args.hidden, layers=args.layers).to(device).eval()
+    model = tiny_model(args.arch, max(len(tok), args.vocab), seed=0, hidden=args.hidden, layers=args.layers)
     policy = TruncationPolicy(max_prompt_tokens=256, max_response_tokens=256, prompt_overflow="left_truncate")
-    return device, probes, source, tok, model, policy
+    return device, probes, source, tok, model.to(device).eval(), policy
 
 
 def _sync(device: torch.device) -> None:
@@ -107,7 +107,8 @@ def _peak_memory_child(args) -> None:
     device = resolve_device(args.device)
     probes, _ = _probe_set(args.probes, args.num_prompts)
     tok = AutoTokenizer.from_pretrained(args.tokenizer_dir)
-    model = tiny_model(args.arch, len(tok), seed=0, hidden=args.hidden, layers=args.layers).to(device).eval()
+    model = tiny_model(args.arch, max(len(tok), args.vocab), seed=0, hidden=args.hidden, layers=args.layers)
+    model = model.to(device).eval()
     policy = TruncationPolicy(max_prompt_tokens=256, max_response_tokens=256, prompt_overflow="left_truncate")
     evaluator = ProbeEvaluator(probes, tok, policy, batch_size=args.batch_size, mode=args.memory_child)
     before, peak_before = _rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -124,7 +125,8 @@ def _peak_memory(args, tok) -> dict:
         for mode in ("full", "shared"):
             cmd = [sys.executable, __file__, "--memory-child", mode, "--tokenizer-dir", tmp, "--probes", args.probes,
                    "--num-prompts", str(args.num_prompts), "--arch", args.arch, "--hidden", str(args.hidden),
-                   "--layers", str(args.layers), "--batch-size", str(args.batch_size), "--device", args.device,
+                   "--layers", str(args.layers), "--vocab", str(args.vocab), "--batch-size", str(args.batch_size),
+                   "--device", args.device,
                    "--threads", str(args.threads)]
             child = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             if child["peak_mib"] <= child["peak_before_mib"]:
@@ -140,6 +142,9 @@ def main() -> None:
     parser.add_argument("--arch", default="qwen2")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--vocab", type=int, default=0,
+                        help="model vocabulary when larger than the tokenizer's 2,000 (e.g. 50257: a real model's LM "
+                             "head and logits; the extra rows are never targets)")
     parser.add_argument("--batch-size", type=int, default=64, help="sequences (responses) per forward pass")
     parser.add_argument("--bound-width", type=int, default=256, help="row length of the unique-token bound")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each batched mode (the best is kept)")
@@ -182,7 +187,7 @@ def main() -> None:
     print(json.dumps({
         "benchmark": "probe_evaluation", "probe_source": source, "num_prompts": len(probes),
         "probe_types": len(probes.probe_types), "num_sequences": full.truncation["num_sequences"],
-        "model": f"tiny-{args.arch} hidden {args.hidden} x {args.layers} layers, V={len(tok)}",
+        "model": f"tiny-{args.arch} hidden {args.hidden} x {args.layers} layers, V={model.config.vocab_size}",
         "device": torch.cuda.get_device_name(0) if device.type == "cuda" else platform.processor() or "cpu",
         "torch_threads": torch.get_num_threads(), "batch_size": args.batch_size, "shared_active": shared.active_mode,
         "shared_seconds": round(t_shared, 3), "full_seconds": round(t_full, 3),
