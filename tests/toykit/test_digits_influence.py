@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from toykit.experiments import run_experiment
+from toykit.experiments import digits_influence, run_experiment
 from toykit.experiments.digits_influence import NUM_CLASSES, Config, coupled_pairs, load_images, read_idx, run
 
 # Both models, few steps, float64: the first-order prediction is compared with the real step, not rounding noise.
@@ -107,9 +107,10 @@ def test_coupled_pairs_finds_a_planted_pair():
     assert most[0]["coupling"] > most[1]["coupling"]
 
 
-def test_same_seed_gives_identical_metrics(tmp_path):
+def test_same_seed_gives_identical_metrics(tmp_path, undrawn_figures):
     cfg = Config(models=("mlp",), num_train=30, probes_per_class=1, steps=5, hidden=8)
     _, first = run_experiment("digits-influence", cfg, out_dir=tmp_path / "a")
+    undrawn_figures(digits_influence)  # the other runs' numbers only
     _, second = run_experiment("digits-influence", cfg, out_dir=tmp_path / "b")
     _, other = run_experiment("digits-influence", Config(**{**cfg.__dict__, "seed": 1}), out_dir=tmp_path / "c")
     assert (first / "metrics.jsonl").read_bytes() == (second / "metrics.jsonl").read_bytes()

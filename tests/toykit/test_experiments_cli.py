@@ -2,18 +2,21 @@
 
 import io
 
+from toykit.experiments import trajectories
 from toykit.experiments.__main__ import claim_lines, main
 from toykit.progress import LineReporter, report, reporting
 
 
-def test_trajectories_prints_its_claims_and_progress(tmp_path, capsys):
+def test_trajectories_prints_its_claims_and_progress(tmp_path, capsys, undrawn_figures):
+    undrawn_figures(trajectories)  # what it prints is checked here; test_trajectories checks the figure
     assert main(["trajectories", "--steps", "30", "--out-dir", str(tmp_path / "t")]) == 0
     out, err = capsys.readouterr()
     assert "claims:" in out and ("[holds]" in out or "[FAILS]" in out)
     assert "trajectories: " in err and "step 30/30" in err
 
 
-def test_progress_false_is_quiet(tmp_path, capsys):
+def test_progress_false_is_quiet(tmp_path, capsys, undrawn_figures):
+    undrawn_figures(trajectories)
     assert main(["trajectories", "--steps", "30", "--progress", "false", "--out-dir", str(tmp_path / "t")]) == 0
     assert "step" not in capsys.readouterr().err
 

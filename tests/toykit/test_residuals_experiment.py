@@ -158,11 +158,10 @@ def test_every_policy_stays_a_distribution_and_the_figure_has_its_panels(shared,
     assert len(fig.axes) == panels * len(result.records)
 
 
-def test_same_seed_gives_identical_metrics(tmp_path, monkeypatch):
+def test_same_seed_gives_identical_metrics(tmp_path, undrawn_figures):
     # Only the numbers are compared: the figure (80 panels, most of a run's time) is not drawn here;
     # test_experiments_framework checks that run_experiment writes it.
-    monkeypatch.setattr(loss_residuals, "save_figure", lambda fig, path: path)
-    monkeypatch.setattr(loss_residuals, "plot", lambda result: None)
+    undrawn_figures(loss_residuals)
     cfg = Config(steps=3)
     _, a = run_experiment("residuals", cfg, out_dir=tmp_path / "a")
     _, b = run_experiment("residuals", cfg, out_dir=tmp_path / "b")

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 
+from toykit import squeeze_demo
 from toykit.__main__ import main as toykit_main
 from toykit.squeeze import positive_step, squeeze_claims, squeeze_step
 from toykit.squeeze_demo import SqueezeDemoConfig, main as squeeze_main
@@ -54,7 +56,14 @@ def test_panel_d_pushes_the_valley_down_and_squeezes_the_mass_into_ystar(panels)
     np.testing.assert_allclose(squeeze_step(before, ybar, d["c_minus"]), after, atol=1e-13)
 
 
-def test_panel_d_with_a_positive_step_moves_ystar_as_the_closed_form_says(tmp_path):
+def _blank_figure(monkeypatch):
+    """Save a blank figure instead of drawing the demo's (~5 s): for runs whose squeeze.json alone is read; the
+    module's run_dir fixture draws and checks the real one."""
+    monkeypatch.setattr(squeeze_demo, "plot", lambda result, dpi=110: Figure(figsize=(1, 1), dpi=dpi))
+
+
+def test_panel_d_with_a_positive_step_moves_ystar_as_the_closed_form_says(tmp_path, monkeypatch):
+    _blank_figure(monkeypatch)
     # PAPER.md's variant: a positive step on y+ at the same x and lr; the pi terms then cancel.
     out = squeeze_main(["--lr-d-plus", "0.5", "--out-dir", str(tmp_path / "run")])
     d = json.loads((out / "squeeze.json").read_text())["panels"]["D"]
@@ -95,7 +104,8 @@ def test_panels_show_the_notebook_settings(panels):
     assert np.array(e["pi_after"])[e["y_star"]] > 0.9  # large V: nearly all mass squeezed into y*
 
 
-def test_config_file_then_flags_override(tmp_path):
+def test_config_file_then_flags_override(tmp_path, monkeypatch):
+    _blank_figure(monkeypatch)
     config_file = tmp_path / "cfg.json"
     config_file.write_text(json.dumps({"lr_b": 0.6, "label_a": 3, "large_num_classes": 40, "label_e": 7}))
     argv = ["--config", str(config_file), "--lr-b", "0.9", "--dpi", "40", "--out-dir", str(tmp_path / "run")]

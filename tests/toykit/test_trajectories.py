@@ -108,9 +108,10 @@ def test_default_coupling_dpo_lowers_y_plus_where_dpop_keeps_it():
     assert runs["peaky/valley/sft"]["delta_pi_chosen_at_chosen_ctx"] > 0
 
 
-def test_same_seed_gives_identical_metrics_files(tmp_path):
+def test_same_seed_gives_identical_metrics_files(tmp_path, undrawn_figures):
     cfg = trajectories.Config(**SMALL)
     _, first = run_experiment("trajectories", cfg, out_dir=tmp_path / "a")
+    undrawn_figures(trajectories)  # the second run's numbers only (its figure is ~4 s of drawing)
     _, second = run_experiment("trajectories", cfg, out_dir=tmp_path / "b")
     assert (first / "metrics.jsonl").read_bytes() == (second / "metrics.jsonl").read_bytes()
     assert (first / "summary.json").read_bytes() == (second / "summary.json").read_bytes()
