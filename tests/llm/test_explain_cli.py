@@ -9,13 +9,13 @@ _SMALL = ["--num-synthetic", "16", "--held-out", "4", "--num-probes", "3", "--ti
 
 def test_explain_prints_the_attribution_and_overlays_a_forecast(tmp_path, capsys):
     run, fc = str(tmp_path / "run"), str(tmp_path / "fc")
-    assert main(["dpo", *_SMALL, "--explain-prompts", "3", "--out-dir", run]) == 0
+    assert main(["dpo", *_SMALL, "--explain-prompts", "3", "--explain-every", "2", "--out-dir", run]) == 0
     assert main(["forecast", "--loss", "dpo", *_SMALL, "--out-dir", fc]) == 0
     assert "forecast: 3 steps" in capsys.readouterr().out
     assert main(["explain", run, "--forecast", fc]) == 0
     out = capsys.readouterr().out
     for text in ("y+ pull", "y- push", "rejected fell by", "outweighed", "tracks the run throughout", "forecast_x",
-                 "run_with_attribution_x"):
+                 "run_with_attribution_x", "per-window (2 windows of 2 steps)"):
         assert text in out, text
     assert (tmp_path / "run" / "explain" / "explain.png").stat().st_size > 10_000
 
