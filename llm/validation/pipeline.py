@@ -387,10 +387,14 @@ def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
     reporter = LineReporter("validate", interval=0.0) if cfg.progress else None
     workers = 1 if cfg.time_budget_s else min(cfg.workers, len(cfg.seeds))
 
-    def finished(result, p1) -> dict[str, Any]:
+    def finished(result, p1, *, write: bool = True, stopped: bool = False) -> dict[str, Any]:
         seeds.append(result)
         prop1_results.append(p1)
-        status = "completed" if len(seeds) == len(cfg.seeds) else f"partial: {len(seeds)} seed(s) done"
+        if not write:
+            return doc
+        status = ("completed" if len(seeds) == len(cfg.seeds)
+                  else f"stopped by the time budget after {len(seeds)} of {len(cfg.seeds)} seeds" if stopped
+                  else f"partial: {len(seeds)} seed(s) done")
         return _write_outputs(run_dir, cfg, preset, seeds, prop1_results, time.perf_counter() - t0, status)
 
     try:
@@ -402,18 +406,24 @@ def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
                          0, len(cfg.seeds))
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 jobs = [pool.submit(_seed_job, cfg, preset, seed, run_dir / f"seed_{seed}") for seed in cfg.seeds]
-                for job in jobs:  # in seed order, so the report after each one covers a prefix of the seeds
-                    doc = finished(*job.result())
+                for k, job in enumerate(jobs):  # in seed order, so each report covers a prefix of the seeds
+                    # a next seed already done is written with this one: one report (and its figures), not two
+                    doc = finished(*job.result(), write=k + 1 == len(jobs) or not jobs[k + 1].done())
         else:
             for k, seed in enumerate(cfg.seeds):
-                elapsed = time.perf_counter() - t0
-                if cfg.time_budget_s and k and elapsed + elapsed / k > cfg.time_budget_s:
-                    print(f"time budget: stopping after {k} seed(s) ({elapsed:.0f} s of {cfg.time_budget_s:.0f} s)")
-                    break
                 if reporter:
                     reporter(f"seeds (seed {seed} next: pretrain, SFT, extend, DPO phases, Prop. 1)", k,
                              len(cfg.seeds))
-                doc = finished(*run_seed(cfg, preset, seed, run_dir / f"seed_{seed}"))
+                result = run_seed(cfg, preset, seed, run_dir / f"seed_{seed}")
+                elapsed = time.perf_counter() - t0
+                # decided before writing, so a stopped run writes its report once, with its final status
+                stop = bool(cfg.time_budget_s) and k + 1 < len(cfg.seeds) and (
+                    elapsed + elapsed / (k + 1) > cfg.time_budget_s)
+                doc = finished(*result, stopped=stop)
+                if stop:
+                    print(f"time budget: stopping after {k + 1} seed(s) ({elapsed:.0f} s of "
+                          f"{cfg.time_budget_s:.0f} s)")
+                    break
     finally:
         torch.set_num_threads(threads)
     if not cfg.model:  # the fast check that a committed copy of this run still matches the code
@@ -422,9 +432,6 @@ def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["cpu_seconds"] = sum(u.ru_utime + u.ru_stime for u in usage)  # all processes: a figure load-free
     write_json(run_dir / "summary.json", summary)
-    if len(seeds) < len(cfg.seeds):
-        doc = _write_outputs(run_dir, cfg, preset, seeds, prop1_results, time.perf_counter() - t0,
-                             f"stopped by the time budget after {len(seeds)} of {len(cfg.seeds)} seeds")
     return run_dir, doc
 
 
