@@ -305,8 +305,13 @@ class AttributionHook:
 
     def _term_grads(self, ctx) -> dict[str, dict[str, torch.Tensor]]:
         """Each term's raw gradient at theta_t: the engine's per-response split, or recomputed when it has none."""
-        if ctx.response_gradients is None:
-            return term_gradients(ctx.model, ctx.params_before, self.run, ctx.indices)
+        if ctx.response_gradients is None:  # a loop without the split: a forward and a backward per term, eval mode
+            was_training = ctx.model.training
+            ctx.model.eval()
+            try:
+                return term_gradients(ctx.model, ctx.params_before, self.run, ctx.indices)
+            finally:
+                ctx.model.train(was_training)
         out = {}
         for term, response in zip(self.terms, ("chosen", "rejected")):  # llm.hooks.RESPONSES, term_names' order
             got = ctx.response_gradients.get(response, {})
@@ -317,8 +322,9 @@ class AttributionHook:
         t0 = time.perf_counter()
         max_norm = self.run.cfg.max_grad_norm
         clip = min(1.0, max_norm / (ctx.grad_norm + 1e-6)) if max_norm else 1.0  # torch's clip_grad_norm_
+        grads = self._term_grads(ctx)
         with torch.no_grad():
-            dirs = self.split.flat_directions(ctx, self._term_grads(ctx), clip)  # term -> (P,)
+            dirs = self.split.flat_directions(ctx, grads, clip)  # term -> (P,)
             if self.start is None:  # a window opens at theta_t (the engine's clone; kept, not copied)
                 self.start, self.start_step, self.sums = ctx.params_before, ctx.step - 1, dirs
             else:

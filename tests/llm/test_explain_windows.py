@@ -219,3 +219,20 @@ def test_the_attribution_with_shared_prompts_equals_one_sequence_per_row(tmp_pat
     np.testing.assert_allclose(sa["values"], sb["values"], rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(sa["contributions"], sb["contributions"], rtol=1e-8,
                                atol=1e-10 * np.abs(sb["contributions"]).max())
+
+
+class _RecomputingHook(AttributionHook):
+    """The attribution without the engine's split: it recomputes each term's gradient at theta_t (term_gradients)."""
+
+    wants_response_gradients = False
+
+
+def test_the_engine_split_and_the_recomputed_term_gradients_give_the_same_attribution(tmp_path):
+    kw = dict(dtype="float64", epochs=1, optimizer="adamw", weight_decay=0.1, max_grad_norm=1.0)
+    split, recomputed = AttributionHook(num_prompts=3, every=2), _RecomputingHook(num_prompts=3, every=2)
+    a = train(_cfg(tmp_path, "split", **kw), hooks=[split])
+    b = train(_cfg(tmp_path, "recomputed", **kw), hooks=[recomputed])
+    (sa, _), (sb, _) = _saved(a), _saved(b)
+    np.testing.assert_allclose(sa["values"], sb["values"], rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(sa["contributions"], sb["contributions"], rtol=1e-7,
+                               atol=1e-9 * np.abs(sb["contributions"]).max())
