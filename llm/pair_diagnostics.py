@@ -9,8 +9,8 @@ H+ = sum_k h+_k and H- = sum_k h-_k:
   y- token most aligned with y+ (a single shared token can drive the displacement);
 - the cosine of the mean hidden states H+ / |y+| and H- / |y-|;
 - eNTK one-step change: the first-order change of log pi(y+ | x) (summed over tokens) of one SGD step of unit
-  learning rate on DPO of this pair alone, -<grad log pi(y+), grad L_DPO> (one JVP; at the reference policy
-  grad L_DPO = -(beta / 2)(grad log pi(y+) - grad log pi(y-))).
+  learning rate on DPO of this pair alone, -<grad log pi(y+), grad L_DPO> (at the reference policy
+  grad L_DPO = -(beta / 2)(grad log pi(y+) - grad log pi(y-)); one backward pass per response, two dot products).
 
 High CHES predicts likelihood displacement (y+ falls); the eNTK change is the kernel's own answer. Their Spearman rank
 correlations across pairs, and with the change of y+ measured over the run when the pairs are also probes, go in
@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from llm.encoding import EncodedSequence, collate
-from llm.linearize import directional_changes, summed_logps
+from llm.linearize import summed_logps
 from toykit.losses import compute_loss
 
 __all__ = ["pair_diagnostics", "rank_correlations", "ches_scores", "response_hidden", "DIAGNOSTICS", "CHES_SCORES"]
@@ -100,17 +100,22 @@ def pair_diagnostics(model, chosen: Sequence[EncodedSequence], rejected: Sequenc
     scores = ches_scores(model, chosen, rejected, pad_token_id)
     rows = [{"pair": i, **{k: float(scores[k][i]) for k in ("ches", "ln_ches", "token_ches")}}
             for i in range(len(chosen))]
+    leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
     try:
         for i, (c, r) in enumerate(zip(chosen, rejected)):
             batch_c, batch_r = collate([c], pad_token_id).to(device), collate([r], pad_token_id).to(device)
-            leaves = {n: p.clone().requires_grad_(True) for n, p in params.items()}
             lp_c, lp_r = summed_logps(model, leaves, batch_c), summed_logps(model, leaves, batch_r)
             loss = compute_loss("dpo", chosen_logps=lp_c, rejected_logps=lp_r, ref_chosen_logps=lp_c.detach(),
                                 ref_rejected_logps=lp_r.detach(), beta=beta).sum()
-            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-            g = {n: torch.zeros_like(p) if gn is None else gn for (n, p), gn in zip(params.items(), grads)}
-            _, change = directional_changes(model, params, batch_c, [g])
-            rows[i]["entk_delta_chosen"] = -float(change[0, 0])
+            w_c, w_r = torch.autograd.grad(loss, [lp_c, lp_r], retain_graph=True)  # dL/d lp, (1,) each
+            # <grad lp+, grad L> with grad L = w+ grad lp+ + w- grad lp- (the chain rule through the two log-probs):
+            # one backward pass per response and two dot products instead of a backward and a JVP.
+            g_c = torch.autograd.grad(lp_c.sum(), list(leaves.values()), allow_unused=True)
+            g_r = torch.autograd.grad(lp_r.sum(), list(leaves.values()), allow_unused=True)
+            cc = sum(float((a.double() * a.double()).sum()) for a in g_c if a is not None)
+            cr = sum(float((a.double() * b.double()).sum()) for a, b in zip(g_c, g_r)
+                     if a is not None and b is not None)
+            rows[i]["entk_delta_chosen"] = -(float(w_c[0]) * cc + float(w_r[0]) * cr)
     finally:
         model.train(was_training)
     return pd.DataFrame(rows)
