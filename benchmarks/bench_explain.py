@@ -4,16 +4,21 @@ Runs of the same config (DPO, AdamW, tiny GPT-2 on synthetic pairs, probes deriv
 6 probe types + the teacher-forced argmax): the plain run, the run with the attribution of ``--explain-prompts``
 probe prompts at every step (llm.explain, window 1), the same with the window ``--explain-every`` (the split at
 every step, the JVPs once per window), and the forecast (llm.forecast, the model linearised at the start, trained
-by the same loop). Costs are the runs' own train + probe seconds (summary.json), so setup (tokenizer training, model
-construction) is left out of every figure. The targets of issue 12 are an attribution below 1.5x and a forecast
+by the same loop). Costs are the seconds of each run's loop (a clock hook from the start of the first step to the end
+of the last hook's on_train_end), in CPU seconds of the process's thread (robust to other jobs on a shared machine)
+and in wall seconds, so setup (tokenizer training, model construction, the reference) is left out of every figure. The targets of issue 12 are an attribution below 1.5x and a forecast
 below 1x the plain run; the JSON says whether each is met (from the medians of ``--repeats`` interleaved runs of
 every config), with the median correlation of the prediction with the measured change (per step, per window). The
 pair diagnostics the attribution records at the start (llm.pair_diagnostics) run before the loop, so they are
 reported in seconds beside the ratio, not in it.
 
-Why the forecast costs what it does, measured in the same process on one batch of the run's shape: the linearised
-model's training step (forward-mode pass for J (theta - theta_0) on the primal's graph, then the VJP J^T G) and its
-no-grad forward (a JVP, what each probe pass costs) as multiples of the real model's.
+Where the attribution's time goes, on the trained model of the last windowed run: one optimizer step's forward and
+backward as the plain run takes it, with the gradient split by response on the run's own graph (what the engine does
+on a CPU) and on two graphs (what it does on CUDA), and one window's forward-mode pass over the attributed probe
+sequences (K = 2 tangents) against a plain forward of them (CPU seconds, best of 20). Why the forecast costs what it
+does, measured in the same process on one batch of the run's shape: the linearised model's training step
+(forward-mode pass for J (theta - theta_0) on the primal's graph, then the VJP J^T G) and its no-grad forward (a JVP,
+what each probe pass costs) as multiples of the real model's.
 
     python benchmarks/bench_explain.py [--explain-prompts 16] [--explain-every 16 34] [--repeats 3] [--examples 256] [--threads 1]
 """
@@ -96,6 +101,64 @@ def linearised_cost(model: torch.nn.Module, shape: tuple[int, int], repeats: int
     return {k: round(v, 5) for k, v in out.items()}
 
 
+class _Capture:
+    """A hook without on_step that keeps the run's context (the encoded pairs, references, objective)."""
+
+    def on_train_begin(self, run) -> None:
+        self.run = run
+
+
+def _cpu_best(fn, repeats: int = 20) -> float:
+    """Least thread CPU seconds of ``fn()`` over ``repeats`` calls after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - t0)
+    return best
+
+
+def attribution_parts(run, hook: AttributionHook, share_prompts: bool) -> dict:
+    """CPU seconds of a step's forward + backward plain and split by response (one graph, two graphs), and of one
+    window's forward-mode pass over the attributed probes against a plain forward of them."""
+    from llm.hooks import backward_by_response
+    from llm.linearize import directional_changes, observed_logps, prompt_groups
+    from llm.objective import batch_loss, make_pair_batch
+
+    model, idx = run.model.train(), list(range(run.cfg.batch_size))
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    batch = make_pair_batch(idx, run.chosen, run.rejected, run.tokenizer.pad_token_id, share_prompts=share_prompts)
+    refs = dict(ref_chosen=run.ref_chosen[idx], ref_rejected=run.ref_rejected[idx])
+
+    def step(split: bool, separate: bool = False):
+        def go():
+            model.zero_grad(set_to_none=True)
+            loss, part = batch_loss(model, batch, run.objective, **refs, separate=separate)
+            if split:
+                backward_by_response(loss, part, named, len(idx), {})
+            else:
+                (loss.sum() / len(idx)).backward()
+        return go
+
+    out = {"plain_step_s": _cpu_best(step(False)), "split_one_graph_s": _cpu_best(step(True)),
+           "split_two_graphs_s": _cpu_best(step(True, True))}
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    params = {n: p.detach() for n, p in named.items()}
+    gen = torch.Generator().manual_seed(0)
+    dirs = [{n: 1e-4 * torch.randn(p.shape, generator=gen).to(p) for n, p in params.items()} for _ in range(2)]
+    groups = prompt_groups(hook.observed) if hook.share else None
+    with torch.no_grad():
+        out["probe_forward_s"] = _cpu_best(lambda: observed_logps(model, params, hook.observed, hook.argmax, groups,
+                                                                  hook.pad), 5)
+    out["window_pass_s"] = _cpu_best(lambda: directional_changes(model, params, hook.observed, dirs, hook.argmax,
+                                                                 256, hook.share, hook.pad), 5)
+    out["split_x_plain_step"] = out["split_one_graph_s"] / out["plain_step_s"]
+    out["window_pass_x_probe_forward"] = out["window_pass_s"] / out["probe_forward_s"]
+    return {k: round(v, 5) for k, v in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--explain-prompts", type=int, default=16, help="probe prompts attributed")
@@ -138,12 +201,13 @@ def main() -> None:
         for r in range(args.repeats):  # interleaved, so a change of the machine's load hits every config alike
             plain = timed("plain", lambda c: train(cfg(f"plain_{r}"), hooks=[c]))
             for every in strides:
-                hook = AttributionHook(num_prompts=args.explain_prompts, every=every)
-                result = timed(every, lambda c: train(cfg(f"explained_{every}_{r}"), hooks=[hook, c]))
+                hook, capture = AttributionHook(num_prompts=args.explain_prompts, every=every), _Capture()
+                result = timed(every, lambda c: train(cfg(f"explained_{every}_{r}"), hooks=[hook, capture, c]))
                 metas[every].append(json.loads((result.run_dir / "explain" / "meta.json").read_text()))
             fc = timed("forecast", lambda c: forecast(cfg(f"forecast_{r}"), hooks=[c]))
         shape = (2 * args.batch_size, int(plain.summary["truncation_train"]["max_length"]))
         cost = linearised_cost(plain.model, shape)
+        parts = attribution_parts(capture.run, hook, bool(result.summary["share_prompts"]))
 
     def ratio(key, clock):
         return median(clock[key]) / median(clock["plain"])
@@ -167,6 +231,7 @@ def main() -> None:
         "plain_wall_seconds": [round(v, 3) for v in wall["plain"]],
         "plain_cpu_seconds": [round(v, 3) for v in cpu["plain"]],
         "plain_probe_seconds": round(plain.summary["probe_seconds"], 3), "attribution": attribution,
+        "attribution_parts_cpu": parts,
         "forecast_cpu_seconds": round(median(cpu["forecast"]), 3), "forecast_x_cpu": round(ratio("forecast", cpu), 2),
         "forecast_x_wall": round(ratio("forecast", wall), 2), "forecast_target_met_cpu": ratio("forecast", cpu) < 1.0,
         "forecast_target_met_wall": ratio("forecast", wall) < 1.0,
