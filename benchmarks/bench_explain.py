@@ -6,8 +6,8 @@ probe prompts at every step (llm.explain, window 1), the same with the window ``
 every step, the JVPs once per window), and the forecast (llm.forecast, the model linearised at the start, trained
 by the same loop). Costs are the seconds of each run's loop (a clock hook from the start of the first step to the end
 of the last hook's on_train_end), in CPU seconds of the process's thread (robust to other jobs on a shared machine)
-and in wall seconds, so setup (tokenizer training, model construction, the reference) is left out of every figure. The targets of issue 12 are an attribution below 1.5x and a forecast
-below 1x the plain run; the JSON says whether each is met (from the medians of ``--repeats`` interleaved runs of
+and in wall seconds, so setup (tokenizer training, model construction, the reference) is left out of every figure.
+The targets of issue 12 are an attribution below 1.5x and a forecast below 1x the plain run; the JSON says whether each is met (from the medians of ``--repeats`` interleaved runs of
 every config), with the median correlation of the prediction with the measured change (per step, per window). The
 pair diagnostics the attribution records at the start (llm.pair_diagnostics) run before the loop, so they are
 reported in seconds beside the ratio, not in it.
@@ -20,7 +20,8 @@ does, measured in the same process on one batch of the run's shape: the linearis
 (forward-mode pass for J (theta - theta_0) on the primal's graph, then the VJP J^T G) and its no-grad forward (a JVP,
 what each probe pass costs) as multiples of the real model's.
 
-    python benchmarks/bench_explain.py [--explain-prompts 16] [--explain-every 16 34] [--repeats 3] [--examples 256] [--threads 1]
+    python benchmarks/bench_explain.py [--explain-prompts 16] [--explain-every 16 34] [--repeats 3]
+                                       [--examples 256] [--threads 1]
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def _cpu_best(fn, repeats: int = 20) -> float:
 def attribution_parts(run, hook: AttributionHook, share_prompts: bool) -> dict:
     """CPU seconds of a step's forward + backward plain and split by response (one graph, two graphs), and of one
     window's forward-mode pass over the attributed probes against a plain forward of them."""
-    from llm.hooks import backward_by_response
+    from llm.hooks import ResponseSplit
     from llm.linearize import directional_changes, observed_logps, prompt_groups
     from llm.objective import batch_loss, make_pair_batch
 
@@ -136,7 +137,9 @@ def attribution_parts(run, hook: AttributionHook, share_prompts: bool) -> dict:
             model.zero_grad(set_to_none=True)
             loss, part = batch_loss(model, batch, run.objective, **refs, separate=separate)
             if split:
-                backward_by_response(loss, part, named, len(idx), {})
+                by_response = ResponseSplit(named, separate)
+                by_response.backward(loss, part, len(idx))
+                by_response.result()
             else:
                 (loss.sum() / len(idx)).backward()
         return go

@@ -15,8 +15,8 @@ term keeps its own momentum buffer and the update splits into one direction per 
   with the optimizer's own second moment v_t (shared, the preconditioner), plus -eta lambda theta_t (decoupled decay);
 - RMSprop: d_k = -eta b_k with b_k = mu b_k + g_k / (sqrt(v_t) + eps) (b_k = g_k / (...) without momentum).
 
-The per-term gradients g_k come from the engine's own step (``llm.hooks.backward_by_response``: y+ and y- scored
-in two graphs, one backward pass through each, summing to the step's p.grad), so they cost no extra pass.
+The per-term gradients g_k come from the engine's own step (``llm.hooks.ResponseSplit``: one backward pass per
+response, their parts summing to the step's p.grad), so no forward or backward pass is recomputed at theta_t.
 
 Windows (``every`` = W steps, ``--explain-every``): the split runs at every step (the per-term momentum buffers
 need every g_k), the directions are summed per term over the window, D_k = sum_{t in window} d_k,t, and the
@@ -53,13 +53,13 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
+from llm.attribution_record import pearson, write_attribution
 from llm.encoding import EncodedBatch, collate, encode_sequence
 from llm.linearize import batch_chunks, directional_changes, observed_logps, prompt_groups, sharing_problem
 from llm.objective import EXTEND, batch_loss, make_pair_batch
-from toykit.runs import write_json
 
 __all__ = ["AttributionHook", "observed_probes", "term_gradients", "UpdateSplit", "WEIGHT_DECAY", "term_names",
-           "pearson", "write_attribution"]
+           "pearson", "write_attribution"]  # the last two live in llm.attribution_record
 
 ARGMAX = "argmax_teacher_forced"  # the engine's ARGMAX_PROBE (llm.probes), scored on the y+ prefix
 WEIGHT_DECAY = "weight decay"
@@ -232,13 +232,6 @@ class UpdateSplit:
         return {t: self.unflatten(d) for t, d in self.flat_directions(ctx, grads, clip).items()}
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson r of two arrays (flattened); NaN when either is constant."""
-    a, b = np.ravel(a) - np.mean(a), np.ravel(b) - np.mean(b)
-    denom = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / denom) if denom > 0 else float("nan")
-
-
 class AttributionHook:
     """The engine hook (llm.hooks) that attributes every probe's change over a run; see the module docstring.
 
@@ -251,7 +244,7 @@ class AttributionHook:
         out_name: folder of the run directory the arrays are written to.
     """
 
-    #: ask the engine for the loss gradient split by response (llm.hooks.backward_by_response)
+    #: ask the engine for the loss gradient split by response (llm.hooks.ResponseSplit)
     wants_response_gradients = True
 
     def __init__(self, num_prompts: int = 16, chunk_size: int = 256, out_name: str = "explain",
@@ -402,35 +395,3 @@ class AttributionHook:
                                  extra={"seconds": self.seconds, "pair_seconds": self.pair_seconds,
                                         "share_prompts": self.share, "prompt_sharing": self.sharing,
                                         "remainder_folded_into": self.names[-1], **pairs_meta})
-
-
-def write_attribution(out_dir: Path, *, values: np.ndarray, contributions: np.ndarray, steps: Sequence[int],
-                      learning_rates: Sequence[float], remainder_norms: Sequence[float], terms: Sequence[str],
-                      probe_types: Sequence[str], prompts: np.ndarray, optimizer: str, loss: str,
-                      extra: dict, every: int = 1, window_starts: Sequence[int] | None = None) -> Path:
-    """Write attribution.npz and meta.json (``llm.explain_report`` reads them) with the fit per window.
-
-    A window is ``every`` optimizer steps (the last one may be shorter); with every = 1 a window is a step, and
-    meta.json's per_step_correlation / median_step_correlation are per window.
-
-    Args:
-        values: (W+1, N_o) summed log-probs of the observed rows at the windows' starts and at the end.
-        contributions: (W, K, N_o) first-order change of each row over each window due to each of the K ``terms``.
-        steps: (W,) the last optimizer step of every window; window_starts: (W,) the step before its first.
-        learning_rates: (S,) the learning rate of every optimizer step.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    measured, predicted = np.diff(values, axis=0), contributions.sum(axis=1)  # (W, N_o)
-    per_window = [pearson(p, m) for p, m in zip(predicted, measured)]
-    rel = float(np.linalg.norm(measured - predicted) / max(np.linalg.norm(measured), 1e-300))
-    starts = np.asarray(window_starts if window_starts is not None else [s - 1 for s in steps])
-    np.savez(out_dir / "attribution.npz", values=values, contributions=contributions, steps=np.asarray(steps),
-             window_starts=starts, learning_rates=np.asarray(learning_rates),
-             remainder_norms=np.asarray(remainder_norms))
-    write_json(out_dir / "meta.json", {
-        "terms": list(terms), "probe_types": list(probe_types), "prompts": prompts,
-        "num_prompts": int(np.max(prompts)) + 1, "optimizer": optimizer, "loss": loss, "steps": int(steps[-1]),
-        "explain_every": int(every), "windows": len(steps),
-        "per_step_correlation": per_window, "median_step_correlation": float(np.nanmedian(per_window)),
-        "relative_error": rel, "max_remainder_norm": float(max(remainder_norms)), **extra})
-    return out_dir

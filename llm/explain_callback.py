@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from llm.explain import observed_probes, write_attribution
+from llm.attribution_record import write_attribution
+from llm.explain import observed_probes
 from llm.hooks import snapshot
 from llm.linearize import batch_chunks, directional_changes, observed_logps
 

@@ -11,8 +11,9 @@
 
 Every method is optional. Parameters are cloned only when a hook has ``on_step``, so a run without one pays nothing.
 A hook with ``wants_response_gradients = True`` also gets, in ``StepContext.response_gradients``, the step's loss
-gradient split by the responses it flows through (``backward_by_response``: y+ and y- scored in two forward passes,
-one backward pass through each, so the split costs no more than the engine's own backward).
+gradient split by the responses it flows through (``ResponseSplit``, one backward pass per response: on CUDA y+ and
+y- are scored in two graphs, so the two passes cost one backward's FLOPs in all; on a CPU the engine's own backward
+runs unchanged and one pass more gives y+, which measured faster there at small sizes: ``bench_explain.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any, Sequence
 import torch
 
 __all__ = ["RunContext", "StepContext", "snapshot", "call_hooks", "hooks_from_config", "wants_response_gradients",
-           "backward_by_response", "RESPONSES"]
+           "ResponseSplit", "RESPONSES"]
 
 #: the per-example log-prob tensors of ``llm.objective.batch_loss`` a loss gradient flows through, by response
 RESPONSES = {"chosen": "logps_chosen", "rejected": "logps_rejected"}
@@ -90,38 +91,62 @@ def wants_response_gradients(hooks: Sequence[object]) -> bool:
     return any(getattr(hook, "wants_response_gradients", False) for hook in hooks)
 
 
-def backward_by_response(losses: torch.Tensor, parts: dict[str, torch.Tensor | None],
-                         params: dict[str, torch.Tensor], denominator: int,
-                         into: dict[str, dict[str, torch.Tensor]]) -> None:
-    """Backpropagate ``losses.sum() / denominator`` one response at a time: p.grad += sum_k g_k, into[k] += g_k.
+class ResponseSplit:
+    """The loss gradient of one optimizer step split by the responses it flows through, over its micro-batches.
+
+    Two ways, both one backward pass per response:
+
+    - on the run's own graph (``separate_graphs=False``): the engine's own backward pass (p.grad exactly as in a run
+      without hooks), plus one backward pass per response but the last, whose part is p.grad minus the others;
+    - on two graphs (``separate_graphs=True``, batch_loss's ``separate``: y+ and y- scored in two forward passes):
+      one backward pass through each graph, p.grad their sum; the passes cost one backward's FLOPs in all.
 
     Args:
-        losses: (N,) per-example losses of a micro-batch (``llm.objective.batch_loss``, best with ``separate``: the
-            chosen and rejected log-probs then come from two graphs and each backward pass walks one of them).
-        parts: batch_loss's tensors; logps_chosen / logps_rejected (N,) are the responses the gradient flows through.
         params: the trainable parameters by name.
-        into: response -> name -> gradient, accumulated over micro-batches (created on first use).
-
-    Math: grad_theta L = sum_k sum_i (dL/d lp_k,i) grad_theta lp_k,i (chain rule through the summed log-probs
-    lp_k of response k; the reference log-probs are constants); the weights dL/d lp_k come from a backward pass
-    through the loss alone.
     """
-    keys = [k for k, part in RESPONSES.items() if parts.get(part) is not None and parts[part].requires_grad]
-    lps = [parts[RESPONSES[k]] for k in keys]
-    weights = torch.autograd.grad(losses.sum() / denominator, lps, retain_graph=True, allow_unused=True)
-    names = list(params)
-    for j, (key, lp, w) in enumerate(zip(keys, lps, weights)):
-        if w is None:  # the loss does not depend on this response
-            continue
-        grads = torch.autograd.grad((w.detach() * lp).sum(), [params[n] for n in names],
-                                    retain_graph=j + 1 < len(keys), allow_unused=True)
-        acc = into.setdefault(key, {})
-        for name, g in zip(names, grads):
-            if g is None:
+
+    def __init__(self, params: dict[str, torch.Tensor], separate_graphs: bool):
+        self.params, self.separate = params, separate_graphs
+        self.names = list(params)
+        self.grads: dict[str, dict[str, torch.Tensor]] = {}
+        self.keys: list[str] = []  # responses seen, in RESPONSES order
+
+    def backward(self, losses: torch.Tensor, parts: dict[str, torch.Tensor | None], denominator: int) -> None:
+        """Backpropagate ``losses.sum() / denominator`` of a micro-batch (``llm.objective.batch_loss``), by response.
+
+        Math: grad_theta L = sum_k sum_i (dL/d lp_k,i) grad_theta lp_k,i (chain rule through the summed log-probs
+        lp_k of response k; the reference log-probs are constants); the weights dL/d lp_k come from a backward pass
+        through the loss alone.
+        """
+        keys = [k for k, part in RESPONSES.items() if parts.get(part) is not None and parts[part].requires_grad]
+        self.keys = keys if len(keys) > len(self.keys) else self.keys
+        objective = losses.sum() / denominator
+        lps = [parts[RESPONSES[k]] for k in keys]
+        weights = torch.autograd.grad(objective, lps, retain_graph=True, allow_unused=True)
+        own = keys if self.separate else keys[:-1]
+        if not self.separate:
+            objective.backward(retain_graph=bool(own))  # the run's own backward pass: p.grad as without hooks
+        for j, (key, lp, w) in enumerate(zip(own, lps, weights)):
+            if w is None:  # the loss does not depend on this response
                 continue
-            acc[name] = acc[name] + g if name in acc else g
-            p = params[name]
-            p.grad = g.clone() if p.grad is None else p.grad + g
+            grads = torch.autograd.grad((w.detach() * lp).sum(), [self.params[n] for n in self.names],
+                                        retain_graph=j + 1 < len(own), allow_unused=True)
+            acc = self.grads.setdefault(key, {})
+            for name, g in zip(self.names, grads):
+                if g is None:
+                    continue
+                acc[name] = acc[name] + g if name in acc else g
+                if self.separate:
+                    p = self.params[name]
+                    p.grad = g.clone() if p.grad is None else p.grad + g
+
+    def result(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Response -> name -> its part of the step's gradient (before clipping: call before clip_grad_norm_)."""
+        if not self.separate and self.keys:
+            last, others = self.keys[-1], [self.grads.get(k, {}) for k in self.keys[:-1]]
+            self.grads[last] = {n: p.grad - sum(o[n] for o in others if n in o) for n, p in self.params.items()
+                                if p.grad is not None}
+        return self.grads
 
 
 def hooks_from_config(cfg) -> list[object]:

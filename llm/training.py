@@ -32,7 +32,7 @@ from llm.checkpoint import (load_checkpoint, load_tensors, probe_array_path, rew
 from llm.config import RESUME_FREE_FIELDS, EvalConfig, TrainConfig
 from llm.parallel import SINGLE_PROCESS, World
 from llm.encoding import encode_record, truncation_report
-from llm.hooks import (RunContext, StepContext, backward_by_response, call_hooks, hooks_from_config, snapshot,
+from llm.hooks import (RunContext, ResponseSplit, StepContext, call_hooks, hooks_from_config, snapshot,
                        wants_response_gradients)
 from llm.inputs import build_inputs, check_device, check_pairs_differ
 from llm.lora import AdapterFreeReference, adapters_disabled, apply_lora, is_peft_model, load_adapter
@@ -287,13 +287,13 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
         split = wants_response_gradients(hooks)  # the gradient by response: one backward pass through each
         named = {n: p for n, p in model.named_parameters() if p.requires_grad} if split else None
         # On CUDA y+ and y- run in two graphs (the passes then cost one backward in all); on a CPU at small sizes
-        # every pass costs its fixed overhead, so the run's own graph with one backward per response is faster.
+        # every pass costs its fixed overhead, so the run's own graph and backward plus one pass for y+ is faster.
         separate = split and device.type == "cuda"
         while step < plan.total_steps:
             t0 = time.perf_counter()
             idx = plan.indices(step)
             optimizer.zero_grad(set_to_none=True)
-            losses, parts, by_response = [], [], {} if split else None
+            losses, parts, by_response = [], [], ResponseSplit(named, separate) if split else None
             mine = world.shard(idx)  # this rank's part of the global batch (all of it in one process)
             for start in range(0, len(mine), cfg.batch_size):
                 micro = mine[start: start + cfg.batch_size]
@@ -303,11 +303,12 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
                                         ref_rejected=None if ref_r is None else ref_r[micro], ref_model=ref_model,
                                         bf16=cfg.bf16, separate=separate)
                 if split:
-                    backward_by_response(loss, part, named, len(idx), by_response)
+                    by_response.backward(loss, part, len(idx))
                 else:
                     (loss.sum() / len(idx)).backward()  # mean over the effective batch, whatever the accumulation
                 losses.append(loss.detach())
                 parts.append({k: None if v is None else v.detach() for k, v in part.items()})
+            split_grads = by_response.result() if split else None  # before clipping
             world.sum_gradients(params)
             lr = optimizer.param_groups[0]["lr"]
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
@@ -317,7 +318,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
             step, seen = step + 1, seen + len(idx)
             if stepping:
                 call_hooks(hooks, "on_step", StepContext(step, seen, idx, lr, float(grad_norm), before, model,
-                                                       optimizer, by_response))
+                                                       optimizer, split_grads))
             merged = world.gather({k: None if not parts or parts[0][k] is None else torch.cat([p[k] for p in parts])
                                    for k in _PARTS} | {"losses": torch.cat(losses) if losses else None})
             row = {"step": step, "examples_seen": seen, "phase": phase, "epoch": seen / len(chosen),

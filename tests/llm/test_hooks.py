@@ -48,3 +48,12 @@ def test_a_run_without_hooks_is_unchanged_by_the_hook_machinery(tmp_path):
     b = train(_cfg(tmp_path, loss="sft", out_dir=str(tmp_path / "b")), hooks=[_Recorder()])
     for (na, pa), (nb, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
         assert na == nb and torch.equal(pa, pb)
+
+
+def test_a_run_with_the_attribution_trains_the_very_same_model(tmp_path):
+    kw = dict(loss="dpo", optimizer="adamw", lr=1e-3, epochs=2)
+    a = train(_cfg(tmp_path, **kw, out_dir=str(tmp_path / "plain")))
+    b = train(_cfg(tmp_path, **kw, out_dir=str(tmp_path / "explained"), explain_prompts=2, explain_every=2))
+    assert (b.run_dir / "explain" / "meta.json").exists() and a.summary["share_prompts"]
+    for (na, pa), (nb, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        assert na == nb and torch.equal(pa, pb)  # the split adds a backward pass, never changes the run's own
