@@ -117,6 +117,7 @@ def test_eval_prints_the_statistics_table(tmp_path, capsys):
     assert float(chosen[1]) < 0 and int(chosen[-1]) == 3
 
 
+@pytest.mark.run_figure
 def test_sft_at_default_schedule_evaluates_about_ten_times_and_writes_a_figure(tmp_path):
     assert main(["sft", *_DATA, "--num-synthetic", "24", "--progress", "false", "--save-model", "false",
                  "--out-dir", str(tmp_path / "s")]) == 0

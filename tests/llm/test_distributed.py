@@ -57,6 +57,7 @@ def _torchrun(out_dir: Path, nproc: int) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.run_figure  # the torchrun ranks draw probe_curves.png, so the single run must too
 def test_two_process_torchrun_equals_one_process(tmp_path):
     single = train(TrainConfig(**_FIELDS, out_dir=str(tmp_path / "single"), device="cpu"))
     proc = _torchrun(tmp_path / "ddp", 2)

@@ -18,7 +18,8 @@ from llm.config import RESUME_FREE_FIELDS, TrainConfig
 from llm.training import train
 from toykit.runs import MetricsWriter, read_json
 
-pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+pytestmark = [pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork"),
+              pytest.mark.run_figure]  # a kill while probe_curves.png is written
 
 TIMINGS = ("train_seconds", "probe_seconds", "probe_share")
 
