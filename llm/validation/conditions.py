@@ -41,7 +41,8 @@ def _bigrams(ids: Sequence[int]) -> list[tuple[int, int]]:
 def bigram_overlap(tokenizer, pairs: Sequence[PreferencePair]) -> float:
     """Mean over pairs of the share of y-'s token bigrams that also occur in the same pair's y+.
 
-    A minimal edit of y+ (one value swapped) scores near 1; two independent responses score near 0.
+    A minimal edit of y+ (one value swapped) scores near 1; two independent responses score near 0. NaN ("not
+    measured" in the conditions table) when no pair's y- has two tokens, e.g. a tiny model's on-policy samples.
     """
     shares = []
     for p in pairs:
@@ -49,9 +50,7 @@ def bigram_overlap(tokenizer, pairs: Sequence[PreferencePair]) -> float:
         minus = _bigrams(tokenizer(p.rejected, add_special_tokens=False)["input_ids"])
         if minus:
             shares.append(sum(b in plus for b in minus) / len(minus))
-    if not shares:
-        raise ValueError("bigram_overlap needs pairs whose y- has at least two tokens")
-    return float(np.mean(shares))
+    return float(np.mean(shares)) if shares else float("nan")
 
 
 def _batch(tokenizer, prompts: Sequence[str], responses: Sequence[str], device):

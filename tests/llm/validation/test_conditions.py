@@ -28,6 +28,9 @@ def test_bigram_overlap_separates_edits_from_independent_responses(tokenizer):
     assert bigram_overlap(tokenizer, [p]) == pytest.approx(expected) and 0.3 < expected < 1
     assert bigram_overlap(tokenizer, [same]) == 1.0
     assert bigram_overlap(tokenizer, [other]) == 0.0
+    one_token = PreferencePair(p.prompt, p.chosen, next(t for t in ("a", "7", " ")
+                                                        if len(tokenizer(t, add_special_tokens=False)["input_ids"]) == 1))
+    assert np.isnan(bigram_overlap(tokenizer, [one_token])), "no y- bigram: not measured (was a crash mid-validation)"
     assert bigram_overlap(tokenizer, [same, other]) == 0.5, "a mean over pairs"
 
 
