@@ -36,6 +36,7 @@ from torch.func import functional_call
 
 from llm.config import TrainConfig
 from llm.inputs import build_inputs
+from toykit.forward_ad import FORWARD_AD_LOCK
 from toykit.runs import write_json
 
 __all__ = ["LinearisedLM", "forecast", "format_cost"]
@@ -84,7 +85,7 @@ class LinearisedLM(torch.nn.Module):
         primal = {n: t0 + (t - t.detach()) if grad else t0 for n, t, t0 in zip(self.names, self.theta, self.theta0)}
         if self.at_start():  # z(theta_0) exactly (the reference, the step-0 probes, the first step): no tangent
             return types.SimpleNamespace(logits=self.call(primal, inputs))
-        with fwAD.dual_level():  # one forward-mode pass: primal z(theta_0) and tangent J (theta - theta_0)
+        with FORWARD_AD_LOCK, fwAD.dual_level():  # one forward-mode pass: z(theta_0) and J (theta - theta_0)
             duals = {n: fwAD.make_dual(primal[n], (t - t0).detach()) for n, t, t0 in zip(self.names, self.theta,
                                                                                          self.theta0)}
             z0, dz = fwAD.unpack_dual(self.call(duals, inputs))

@@ -23,6 +23,7 @@ from torch.func import functional_call, jvp, vmap
 from llm.encoding import EncodedBatch
 from llm.logps import logps_from_logits, response_logits
 from llm.prefix import SharingUnsupported, cache_keyword, continuation_logits, prefix_forward
+from toykit.forward_ad import FORWARD_AD_LOCK
 
 __all__ = ["summed_logps", "observed_logps", "batch_chunks", "directional_changes", "full_precision", "PromptGroups",
            "prompt_groups", "sharing_problem"]
@@ -169,7 +170,7 @@ def directional_changes(model: torch.nn.Module, params: dict[str, torch.Tensor],
         fn = lambda p: observed_logps(model, p, part, rows, groups, pad_token_id)  # noqa: E731
         if directions:
             # One forward-mode pass for all K directions (the primal is shared, the tangents batched).
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), FORWARD_AD_LOCK:  # forward-AD levels are process-wide: one at a time
                 warnings.filterwarnings("ignore", message=".*batching rule.*")
                 value, tangents = vmap(lambda d: jvp(fn, (params,), (d,)), out_dims=(None, 0))(stacked)
         else:
