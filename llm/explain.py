@@ -55,7 +55,7 @@ from torch.func import functional_call
 
 from llm.attribution_record import pearson, write_attribution
 from llm.encoding import EncodedBatch, collate, encode_sequence
-from llm.linearize import batch_chunks, directional_changes, observed_logps, prompt_groups, sharing_problem
+from llm.linearize import directional_changes, sharing_problem
 from llm.objective import EXTEND, batch_loss, make_pair_batch
 
 __all__ = ["AttributionHook", "observed_probes", "term_gradients", "UpdateSplit", "WEIGHT_DECAY", "term_names",
@@ -362,11 +362,9 @@ class AttributionHook:
             return
         was_training = model.training
         model.eval()
-        with torch.no_grad():
-            params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-            final = torch.cat([observed_logps(model, params, part, rows, prompt_groups(part) if self.share else None,
-                                              self.pad)
-                               for part, rows in batch_chunks(self.observed, self.chunk_size, self.argmax)])
+        params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        final, _ = directional_changes(model, params, self.observed, [], self.argmax, self.chunk_size, self.share,
+                                       self.pad)  # no direction: the observed log-probs alone, without gradients
         model.train(was_training)
         self.values.append(final.double().cpu().numpy())
         self.seconds += time.perf_counter() - t0

@@ -16,13 +16,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from transformers import TrainerCallback
 
 from llm.attribution_record import write_attribution
 from llm.explain import observed_probes
 from llm.hooks import snapshot
-from llm.linearize import batch_chunks, directional_changes, observed_logps
+from llm.linearize import directional_changes
 
 __all__ = ["ExplainCallback", "REAL_UPDATE"]
 
@@ -83,10 +82,8 @@ class ExplainCallback(TrainerCallback):
             return
         was_training = model.training
         model.eval()
-        with torch.no_grad():
-            params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-            final = torch.cat([observed_logps(model, params, part, rows)
-                               for part, rows in batch_chunks(self.observed, self.chunk_size, self.argmax)])
+        params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        final, _ = directional_changes(model, params, self.observed, [], self.argmax, self.chunk_size)
         model.train(was_training)
         self.values.append(final.double().cpu().numpy())
         write_attribution(self.out_dir / "explain", values=np.stack(self.values),

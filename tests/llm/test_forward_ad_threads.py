@@ -4,33 +4,12 @@ torch's forward-AD levels are process-wide; both take toykit.forward_ad's lock, 
 (as overlapping Streamlit reruns would) get the serial results.
 """
 
-import threading
-
 import torch
 
 from llm.encoding import collate, encode_sequence
 from llm.forecast import LinearisedLM
 from llm.linearize import directional_changes
-
-
-def _in_threads(fn, n):
-    results, errors = [None] * n, []
-    barrier = threading.Barrier(n)
-
-    def work(i):
-        try:
-            barrier.wait()
-            results[i] = fn(i)
-        except Exception as err:  # noqa: BLE001 - the test reports whatever a thread raised
-            errors.append(err)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, f"a thread raised: {errors[0]!r}"
-    return results
+from tests.toykit.test_forward_ad_threads import _in_threads
 
 
 def test_directional_changes_and_the_linearised_model_in_overlapping_threads_match_serial(gpt2, tokenizer, pairs,
@@ -54,6 +33,6 @@ def test_directional_changes_and_the_linearised_model_in_overlapping_threads_mat
 
     serial = both(0)
     for _ in range(3):
-        for changes, logits in _in_threads(both, 4):
+        for changes, logits in _in_threads(both, [0, 1, 2, 3]):
             torch.testing.assert_close(changes, serial[0], rtol=1e-5, atol=1e-6)
             torch.testing.assert_close(logits, serial[1], rtol=1e-5, atol=1e-6)
