@@ -219,7 +219,7 @@ class ProbeEvaluator:
         return ProbeResult(out)
 
     def _stats(self, scored) -> dict[str, np.ndarray]:
-        return {k: v.double().cpu().numpy() for k, v in response_statistics(*scored).items()}
+        return _to_numpy(response_statistics(*scored))
 
     def _full(self, model, device: torch.device, out, order: Sequence[int]) -> None:
         for start in range(0, len(order), self.batch_size):
@@ -260,7 +260,7 @@ class ProbeEvaluator:
         if head is None:
             return self._stats(continuation_logits(model, prefix, owners, responses, self.pad_token_id))
         hidden, ids, mask = continuation_hidden(model, prefix, owners, responses, self.pad_token_id)
-        return {k: v.double().cpu().numpy() for k, v in head_statistics(hidden, head, ids, mask).items()}
+        return _to_numpy(head_statistics(hidden, head, ids, mask))
 
     def _reference_stats(self, model, device: torch.device, index: list[int]) -> dict[str, np.ndarray] | None:
         """The full path's statistics of ``index`` (None under half precision: rounding exceeds the tolerance)."""
@@ -280,6 +280,10 @@ class ProbeEvaluator:
             for row, i in enumerate(idx):
                 for stat in GREEDY_STATISTICS:
                     out[stat][i] = float(stats[stat][row])
+
+
+def _to_numpy(stats: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v.double().cpu().numpy() for k, v in stats.items()}
 
 
 def _difference(reference: dict[str, np.ndarray], stats: dict[str, np.ndarray]) -> float:
@@ -316,8 +320,7 @@ def evaluate_sequential(model, probe_set: ProbeSet, tokenizer, policy: Truncatio
             ids = torch.tensor([seq.prompt_ids + seq.response_ids], device=device)  # (1, L)
             resp = torch.zeros_like(ids)
             resp[0, len(seq.prompt_ids):] = 1
-            stats = {k: v.double().cpu().numpy() for k, v in
-                     response_statistics(*response_logits(model, ids, None, resp)).items()}
+            stats = _to_numpy(response_statistics(*response_logits(model, ids, None, resp)))
             _store(out, probe, i, stats, 0)
     model.train(was_training)
     return ProbeResult(out)
