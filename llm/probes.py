@@ -38,8 +38,9 @@ __all__ = ["ProbeResult", "ProbeEvaluator", "evaluate_sequential", "GREEDY_PROBE
 PROBE_MODES = ("shared", "full")
 #: largest |logp_sum| difference (nats) between the modes accepted by the one-time check of a model's first batch.
 _SELF_CHECK_TOL = 1e-3
-#: responses of the first shared batch that the check runs through the full path too (its (n, L, V) logits are the
-#: check's memory: a whole batch of them would set the shared path's peak at a real vocabulary).
+#: responses of the first shared batch that the check runs through the full path too, its longest ones (every
+#: response has a token: an empty one is refused at encoding, or is [eos]); their (n, L, V) logits are the check's
+#: memory: a whole batch of them would set the shared path's peak at a real vocabulary.
 _SELF_CHECK_ROWS = 4
 
 #: free-running greedy decoding from the prompt, scored by its own log-prob.
@@ -240,14 +241,15 @@ class ProbeEvaluator:
                 owners = [g for g, _ in chunk]
                 responses = [self.items[k][2].response_ids for _, k in chunk]
                 stats = self._continuation_stats(model, prefix, owners, responses, head)
+                rows = list(range(len(chunk)))[-_SELF_CHECK_ROWS:]  # the batch's longest responses
                 if self.active_mode is None:  # first batch on this evaluator: the full path must agree
-                    reference = self._reference_stats(model, device, [k for _, k in chunk[:_SELF_CHECK_ROWS]])
-                    stats_checked = {k: v[:_SELF_CHECK_ROWS] for k, v in stats.items()}
+                    reference = self._reference_stats(model, device, [chunk[row][1] for row in rows])
+                    stats_checked = {k: v[rows] for k, v in stats.items()}
                     if head is not None and not _agree(reference, stats_checked):
                         head = None  # logits post-processed beyond the head: score the model's own logits
                         self._use_head = False
                         stats = self._continuation_stats(model, prefix, owners, responses, head)
-                        stats_checked = {k: v[:_SELF_CHECK_ROWS] for k, v in stats.items()}
+                        stats_checked = {k: v[rows] for k, v in stats.items()}
                     if not _agree(reference, stats_checked):
                         raise SharingUnsupported(f"its cached continuation differs from the full forward pass by "
                                                  f"{_difference(reference, stats_checked):.3g} nats on the first batch")

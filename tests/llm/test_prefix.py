@@ -6,10 +6,11 @@ import dataclasses
 import pytest
 import torch
 
-from llm.encoding import EncodedSequence, TruncationPolicy, encode_sequence
+from llm.encoding import EncodedSequence, TruncationPolicy, collate, encode_sequence
 from llm.models import TINY_ARCHS, tiny_model
 from llm.objective import (Objective, batch_loss, make_pair_batch, precompute_reference_logps,
                            resolve_prompt_sharing)
+from llm.logps import encoded_logps
 from llm.prefix import group_by_budget, shared_pair_logps, shares_prompts
 
 
@@ -52,6 +53,23 @@ def test_a_dpo_step_with_shared_prompts_equals_the_concatenated_step(arch, token
     assert max(float(g.abs().max()) for g in g0) > 1e-4  # the gradient is not trivially zero
     for a, b in zip(g1, g0):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_shared_per_token_log_probs_equal_the_concatenated_ones(arch, tokenizer, pairs, truncating):
+    # Not only the sums: every response token's log-prob, in order (the two layouts differ in their columns).
+    chosen, rejected = _encoded(pairs[:5], tokenizer, truncating)
+    rejected[2] = dataclasses.replace(rejected[2], response_ids=rejected[2].response_ids[:1])
+    model = tiny_model(arch, len(tokenizer), seed=3).eval()
+    with torch.no_grad():
+        shared = shared_pair_logps(model, chosen, rejected, 0)
+        full = encoded_logps(model, collate([*chosen, *rejected], 0))
+    for n, seq in enumerate([*chosen, *rejected]):
+        a = shared.token_logps[n][shared.token_logps[n] != 0]
+        b = full.token_logps[n][full.token_logps[n] != 0]
+        assert a.numel() == b.numel() == len(seq.response_ids), n
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+    torch.testing.assert_close(shared.lengths.float(), full.lengths.float())
 
 
 def test_a_per_step_reference_shares_its_prompts_too(gpt2, tokenizer, pairs, policy):

@@ -66,6 +66,46 @@ def test_shared_prompts_equal_the_full_path_for_every_architecture(arch, tokeniz
     assert work_shared["real_tokens"] < work_full["real_tokens"] <= work_full["padded_positions"]
 
 
+@pytest.mark.parametrize("arch", TINY_ARCHS)
+def test_shared_prompts_equal_the_full_path_with_sdpa_attention(arch, tokenizer, pairs):
+    # Models loaded from the hub keep their default attention (sdpa in transformers 5), not the tiny models' eager:
+    # its masked continuation from the cache must agree too.
+    policy = TruncationPolicy(max_prompt_tokens=24, max_response_tokens=6, prompt_overflow="left_truncate")
+    probes = _edge_case_probes(pairs, tokenizer)
+    model = tiny_model(arch, len(tokenizer), seed=2, attn_implementation="sdpa")
+    assert model.config._attn_implementation == "sdpa"
+    shared = ProbeEvaluator(probes, tokenizer, policy, batch_size=3, mode="shared")
+    _assert_same(shared(model), ProbeEvaluator(probes, tokenizer, policy, mode="full")(model), rtol=0, atol=1e-4)
+    assert shared.active_mode == "shared" and shared._use_head
+
+
+def test_an_empty_response_without_eos_is_refused_naming_its_probe(tokenizer, pairs):
+    # Without an appended eos (chat data) an empty response would have no token to score: refused at construction,
+    # naming the probe, before any model runs (with eos it is the one-token [eos], tested above).
+    policy = TruncationPolicy(max_prompt_tokens=24, max_response_tokens=6, append_eos=False)
+    probes = probe_set_from_pairs(pairs[:4], seed=0)
+    responses = {k: list(v) for k, v in probes.responses.items()}
+    responses["rejected"][2] = ""
+    probes = ProbeSet(probes.prompts, {k: tuple(v) for k, v in responses.items()})
+    with pytest.raises(ValueError, match="probe 2: response encodes to zero tokens"):
+        ProbeEvaluator(probes, tokenizer, policy, mode="shared")
+
+
+def test_the_first_batch_check_runs_on_its_longest_responses(gpt2, tokenizer, pairs, policy, monkeypatch):
+    # The one-time check compares a few responses with the full path: the batch's longest (most tokens checked).
+    import llm.probes as probes_module
+
+    probes = probe_set_from_pairs(pairs[:4], seed=0)
+    evaluator = ProbeEvaluator(probes, tokenizer, policy, batch_size=8, mode="shared")
+    checked = []
+    real = evaluator._reference_stats
+    monkeypatch.setattr(evaluator, "_reference_stats", lambda m, d, index: checked.append(index) or real(m, d, index))
+    evaluator(gpt2)
+    first = [k for _, k in evaluator.groups[0][1][0]]
+    assert checked == [first[-probes_module._SELF_CHECK_ROWS:]]
+    assert len(first) > probes_module._SELF_CHECK_ROWS  # the first rows would be another check
+
+
 def test_shared_batches_hold_their_prompt_groups_only(tokenizer, pairs, policy):
     # Memory: one group's cache at a time, each group a few batches of responses, never the whole set.
     probes = probe_set_from_pairs(pairs[:12], held_out=pairs[12:16], seed=0)
