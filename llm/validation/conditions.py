@@ -80,7 +80,7 @@ def one_step_change(cfg: TrainConfig, model, tokenizer, pairs: Sequence[Preferen
     Adam and RMSprop that first step is the largest in parameter space, so the value bounds the steps the phase
     takes after its warm-up. ``model`` is not modified.
     """
-    evaluator = ProbeEvaluator(probes, tokenizer, _POLICY, batch_size=cfg.probe_batch_size)
+    evaluator = ProbeEvaluator(probes, tokenizer, _POLICY, batch_size=cfg.probe_batch_size, mode=cfg.probe_mode)
     before = evaluator(model)
     step_cfg = dataclasses.replace(cfg, warmup_steps=0, epochs=1, max_examples=cfg.batch_size * cfg.grad_accum,
                                    eval_every=10 ** 9, greedy_max_new_tokens=0, out_dir=str(out_dir), explain_prompts=0,

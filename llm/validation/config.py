@@ -36,6 +36,15 @@ class ValidateConfig:
         "help": "stop before a seed that would not finish within this many seconds (judged from the seeds done); "
                 "the report covers the seeds that finished; 0 = no limit"})
 
+    probe_mode: Literal["shared", "full"] = field(default="shared", metadata={
+        "help": "probe batching in every phase: shared (each prompt runs once and all its responses continue from "
+                "its key/value cache; falls back to full, with a warning, on a model that cannot) or full (one "
+                "sequence per response, the reference path); both give the same values"})
+    share_prompts: bool = field(default=True, metadata={
+        "help": "the DPO phases: run each pair's prompt once and score y+ and y- from its key/value cache, in the "
+                "policy step and the reference (same values to float32 rounding; off, or a model that cannot, "
+                "scores them as separate sequences)"})
+
     explain_prompts: int = field(default=0, metadata={
         "help": "> 0: attribute every phase's probe changes to the loss's terms for the first this many probe prompts "
                 "(llm.explain; each phase's explain/ folder, and per-phase sentences in the seed's record)"})

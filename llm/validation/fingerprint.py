@@ -47,8 +47,12 @@ def _rules() -> list[list[str]]:
             + [[c.name, c.measure, c.rule] for c in CONDITIONS])
 
 
-def fingerprint(preset, seed: int) -> dict[str, Any]:
-    """Return the fingerprint of ``preset`` (a ``pipeline.Preset``) for ``seed`` (a few seconds on a CPU)."""
+def fingerprint(preset, seed: int, *, probe_mode: str = "shared", share_prompts: bool = True) -> dict[str, Any]:
+    """Return the fingerprint of ``preset`` (a ``pipeline.Preset``) for ``seed`` (a few seconds on a CPU).
+
+    ``probe_mode`` and ``share_prompts`` are the run's (``ValidateConfig``); the numbers agree across them to
+    float noise, so a fingerprint taken in one mode checks a run made in the other.
+    """
     world = build_world(dataclasses.replace(preset.world, seed=seed))
     tok = world_tokenizer(world)
     out: dict[str, Any] = {"seed": seed, "world": _digest([sorted(world.facts.items()), world.train_pairs,
@@ -72,6 +76,7 @@ def fingerprint(preset, seed: int) -> dict[str, Any]:
                 cfg = TrainConfig(model="fingerprint", loss=loss, optimizer=preset.optimizer, lr=lr, batch_size=8,
                                   max_examples=8 * steps, eval_every=10 ** 9, held_out=0, num_probes=_PROBES,
                                   greedy_max_new_tokens=8, device="cpu", seed=seed, save_model=False,
+                                  probe_mode=probe_mode, share_prompts=share_prompts,
                                   checkpoint_at_end=False, progress=False, out_dir=str(Path(tmp) / loss),
                                   figure=False)  # a scratch run in a temporary folder: only its probes are read
                 result = train(cfg, model=copy.deepcopy(model), tokenizer=tok, pairs=pairs, probes=probes)

@@ -206,20 +206,22 @@ class _Phases:
     """
 
     def __init__(self, preset: Preset, seed: int, seed_dir: Path, tokenizer, probes: ProbeSet, device: str,
-                 progress: bool, model_name: str):
+                 cfg: ValidateConfig, model_name: str):
         self.preset, self.seed, self.dir, self.tok, self.probes = preset, seed, seed_dir, tokenizer, probes
-        self.device, self.progress, self.model_name = device, progress, model_name
+        self.device, self.progress, self.model_name = device, cfg.progress, model_name
+        self.probe_mode, self.share_prompts = cfg.probe_mode, cfg.share_prompts
+        self.explain_prompts, self.explain_forecast = cfg.explain_prompts, cfg.explain_forecast
         self.rows: list[dict[str, Any]] = []
         self.conditions: dict[str, dict[str, float]] = {}
         self.argmax_split: dict[str, dict[str, float]] = {}
         self.seconds: dict[str, float] = {}
-        self.explain_prompts, self.explain_forecast = 0, False  # set from ValidateConfig (llm.validation.explain_phases)
-        self.attribution: dict[str, dict[str, Any]] = {}
+        self.probe_modes: dict[str, dict[str, Any]] = {}  # phase -> the modes that ran (the engine's summary)
+        self.attribution: dict[str, dict[str, Any]] = {}  # phase -> llm.validation.explain_phases' record
         # The greedy response is decoded at the start and the end of each phase only (its claims are Deltas).
         self.greedy = ProbeEvaluator(ProbeSet(probes.prompts, {"chosen": probes.responses["chosen"]},
                                                source=probes.source), tokenizer, TruncationPolicy(),
                                       batch_size=preset.probe_batch_size,
-                                      greedy_max_new_tokens=preset.greedy_max_new_tokens)
+                                      greedy_max_new_tokens=preset.greedy_max_new_tokens, mode=cfg.probe_mode)
 
     def run(self, name: str, loss: str, start_model, pairs: Sequence[PreferencePair], *, epochs: int, lr: float,
             warmup: int = 0, max_examples: int | None = None):
@@ -233,7 +235,8 @@ class _Phases:
                           held_out=0, num_probes=len(self.probes), greedy_max_new_tokens=0,
                           dtype=p.dtype, bf16=p.bf16, device=self.device, seed=self.seed, save_model=False,
                           checkpoint_at_end=False, probe_batch_size=p.probe_batch_size,
-                          progress=self.progress, out_dir=str(self.dir / name), explain_prompts=self.explain_prompts)
+                          probe_mode=self.probe_mode, share_prompts=self.share_prompts, progress=self.progress,
+                          out_dir=str(self.dir / name), explain_prompts=self.explain_prompts)
         t0 = time.perf_counter()
         probe_pairs = list(pairs[: max(len(self.probes), 64)])
         self.conditions[name] = {"overlap": bigram_overlap(self.tok, probe_pairs),
@@ -248,6 +251,7 @@ class _Phases:
         if self.explain_prompts:
             self.attribution[name] = phase_attribution(result, cfg, start_model, self.tok, pairs, self.probes,
                                                        with_forecast=self.explain_forecast)
+        self.probe_modes[name] = {k: result.summary.get(k) for k in ("probe_mode", "share_prompts")}
         self.rows.extend(_probe_rows(result.run_dir))
         for res, step, seen in ((greedy_start, 0, 0), (self.greedy(result.model), result.step, result.examples_seen)):
             self.rows.extend({k: r[k] for k in ("phase", "step", "examples_seen", "probe", "statistic", "value")}
@@ -308,8 +312,7 @@ def run_seed(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path) -> 
         pairs = [PreferencePair(p["prompt"], p["chosen"], p["rejected"]) for p in world.train_pairs]
         held = [PreferencePair(p["prompt"], p["chosen"], p["rejected"]) for p in world.test_pairs]
     extras["seconds_setup"] = time.perf_counter() - t0
-    phases = _Phases(preset, seed, seed_dir, tok, probes, str(device), cfg.progress, cfg.model or "world-pretrained")
-    phases.explain_prompts, phases.explain_forecast = cfg.explain_prompts, cfg.explain_forecast
+    phases = _Phases(preset, seed, seed_dir, tok, probes, str(device), cfg, cfg.model or "world-pretrained")
     sft_kw = {"epochs": preset.sft_epochs, "lr": preset.sft_lr, "warmup": preset.sft_warmup}
     dpo_kw = {"epochs": preset.dpo_epochs, "lr": preset.dpo_lr, "warmup": preset.dpo_warmup}
     large_kw = {"epochs": preset.large_dpo_epochs, "lr": preset.large_dpo_lr, "warmup": 0}
@@ -348,6 +351,7 @@ def run_seed(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path) -> 
     extras["seconds_total"] = time.perf_counter() - t0
     extras["conditions"], extras["argmax_split"] = phases.conditions, phases.argmax_split
     extras["seconds_phases"] = phases.seconds
+    extras["probe_modes"] = phases.probe_modes
     if phases.attribution:
         extras["attribution"] = phases.attribution
     return SeedResult(seed, tuple(phases.rows), win, prop1, extras), prop1_results
@@ -427,7 +431,8 @@ def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
     finally:
         torch.set_num_threads(threads)
     if not cfg.model:  # the fast check that a committed copy of this run still matches the code
-        write_json(run_dir / "fingerprint.json", fingerprint(preset, seeds[0].seed))
+        write_json(run_dir / "fingerprint.json", fingerprint(preset, seeds[0].seed, probe_mode=cfg.probe_mode,
+                                                                 share_prompts=cfg.share_prompts))
     usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["cpu_seconds"] = sum(u.ru_utime + u.ru_stime for u in usage)  # all processes: a figure load-free

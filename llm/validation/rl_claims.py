@@ -88,8 +88,8 @@ def run_rl_phase(phases, reward: Callable[[list[str], list[str]], list[float]], 
                       greedy_max_new_tokens=p.greedy_max_new_tokens, num_generations=p.rl_generations,
                       max_completion_length=p.greedy_max_new_tokens, temperature=p.temperature, dtype=p.dtype,
                       bf16=p.bf16, device=phases.device, seed=phases.seed, save_model=False,
-                      checkpoint_at_end=False, probe_batch_size=p.probe_batch_size, progress=phases.progress,
-                      out_dir=str(phases.dir / RL_PHASE))
+                      checkpoint_at_end=False, probe_batch_size=p.probe_batch_size, probe_mode=phases.probe_mode,
+                      progress=phases.progress, out_dir=str(phases.dir / RL_PHASE))
     result = train_rl(cfg, reward, model=copy.deepcopy(start_model), tokenizer=phases.tok, pairs=list(pairs),
                       probes=phases.probes)
     phases.rows.extend(probe_rows(result.run_dir))
