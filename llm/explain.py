@@ -242,19 +242,23 @@ class AttributionHook:
             window's start theta_t0, along each term's update summed over the window.
         chunk_size: observed sequences per JVP.
         out_name: folder of the run directory the arrays are written to.
+        terms: the loss's term names, for a training loop whose ``StepContext.response_gradients`` is keyed by
+            them (``llm.rl``: the group objectives' advantage-sign and KL terms); None (the engine): the
+            objective's responses (``term_names``), read from the split's "chosen" / "rejected".
     """
 
     #: ask the engine for the loss gradient split by response (llm.hooks.ResponseSplit)
     wants_response_gradients = True
 
     def __init__(self, num_prompts: int = 16, chunk_size: int = 256, out_name: str = "explain",
-                 diagnose_pairs: bool = True, every: int = 1):
+                 diagnose_pairs: bool = True, every: int = 1, terms: Sequence[str] | None = None):
         if num_prompts < 1:
             raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
         if every < 1:
             raise ValueError(f"every (the attribution window in steps) must be >= 1, got {every}")
         self.num_prompts, self.chunk_size, self.out_name, self.every = num_prompts, chunk_size, out_name, every
         self.diagnose_pairs = diagnose_pairs
+        self.given_terms = tuple(terms) if terms is not None else None
         self.seconds = 0.0
 
     def on_train_begin(self, run) -> None:
@@ -264,7 +268,7 @@ class AttributionHook:
         batch, argmax, self.kinds, self.owners = observed_probes(run.probes, run.tokenizer, run.policy,
                                                                  self.num_prompts)
         self.observed, self.argmax = batch.to(device), argmax.to(device)
-        self.terms = term_names(run.objective)
+        self.terms = self.given_terms or term_names(run.objective)
         self.split = UpdateSplit(run.optimizer, self.terms)
         self.pad, self.share, self.sharing = run.tokenizer.pad_token_id, False, "probe_mode full"
         if getattr(run.cfg, "probe_mode", "full") == "shared":  # the probes' own mode: each prompt run once
@@ -298,6 +302,9 @@ class AttributionHook:
 
     def _term_grads(self, ctx) -> dict[str, dict[str, torch.Tensor]]:
         """Each term's raw gradient at theta_t: the engine's per-response split, or recomputed when it has none."""
+        if ctx.response_gradients is None and self.given_terms is not None:
+            raise ValueError("an attribution with its own terms needs the loop's per-term gradients "
+                             "(StepContext.response_gradients keyed by the term names)")
         if ctx.response_gradients is None:  # a loop without the split: a forward and a backward per term, eval mode
             was_training = ctx.model.training
             ctx.model.eval()
@@ -306,7 +313,8 @@ class AttributionHook:
             finally:
                 ctx.model.train(was_training)
         out = {}
-        for term, response in zip(self.terms, ("chosen", "rejected")):  # llm.hooks.RESPONSES, term_names' order
+        keys = self.given_terms or ("chosen", "rejected")  # llm.hooks.RESPONSES, term_names' order
+        for term, response in zip(self.terms, keys):
             got = ctx.response_gradients.get(response, {})
             out[term] = {n: got[n] if n in got else torch.zeros_like(t) for n, t in ctx.params_before.items()}
         return out
