@@ -16,6 +16,14 @@ checkpoint.pt, model/, summary.json. The probe set gains two probe types sampled
 and judged by ``reward_fn``: ``group_best`` and ``group_worst`` (the highest- and lowest-reward completion of a
 probe prompt's group, None where the group's rewards tie), saved in probe_groups.json so a resumed run tracks the
 same texts. Resuming replays the same prompts and samples, so it equals the uninterrupted run.
+
+Per-step hooks (``llm.hooks``, as ``llm.training.train``'s): ``on_train_begin(RunContext)`` (its objective a
+``llm.rl_explain.GroupObjective``, no encoded pairs, ``total_steps`` counting optimizer updates, i.e. steps times
+``num_iterations``), ``on_step(StepContext)`` after every optimizer update with theta_t and the model at theta_{t+1}
+(``step`` counts updates), ``on_train_end`` at the end or a stop. A hook with ``wants_response_gradients`` gets the
+update's gradient split into the objective's terms (``llm.rl_explain``: positive-advantage pull, negative-advantage
+push, the KL where the loss has one), keyed by term; ``cfg.explain_prompts > 0`` adds the attribution hook
+(``llm.explain.AttributionHook`` over those terms, saved under explain/). Without hooks the loop runs as before.
 """
 
 from __future__ import annotations
@@ -32,11 +40,13 @@ import torch
 
 from llm.checkpoint import load_checkpoint, load_tensors, rewind_outputs, save_checkpoint, save_tensors
 from llm.config import TrainConfig
+from llm.hooks import RunContext, StepContext, call_hooks, snapshot, wants_response_gradients
 from llm.inputs import build_inputs, check_device
 from llm.logps import logps_from_logits, response_logits
 from llm.objective import NonFiniteLossError
 from llm.optim import build_optimizer, warmup_schedule
 from llm.probes import ProbeEvaluator
+from llm.rl_explain import GroupObjective, group_term_backward, group_term_weights, rl_hooks_from_config
 from llm.training import TrainResult, _check_resumable, _evaluate, _means, _Plan, _save_tokenizer
 from toykit.group_losses import clipped_tokens, compute_group_loss, get_group_loss, group_advantages, rloo_advantages
 from toykit.runs import MetricsWriter, atomic_path, check_run_dir, create_run_dir, read_json, write_env, write_json
@@ -167,13 +177,14 @@ def _group_probes(cfg: TrainConfig, model, tok, probes, reward_fn: RewardFn, run
 
 
 def train_rl(cfg: TrainConfig, reward_fn: RewardFn, model=None, tokenizer=None, pairs=None,
-             probes=None) -> TrainResult:
+             probes=None, *, hooks=()) -> TrainResult:
     """Run (or resume) one online-RL phase; see the module docstring for what it writes.
 
     Args:
         cfg: the run's config; ``cfg.loss`` is a group objective.
         reward_fn: (prompts, completions) -> one float per completion (completions have a leading space).
         model, tokenizer, pairs, probes: as ``llm.training.train``; the pairs' prompts are the RL prompts.
+        hooks: per-step hooks (llm.hooks) that see theta_t and every real update; cfg.explain_prompts adds one.
     """
     spec = get_group_loss(cfg.loss)  # ValueError for a pairwise loss
     hp = cfg.group_hparams()
@@ -241,6 +252,13 @@ def train_rl(cfg: TrainConfig, reward_fn: RewardFn, model=None, tokenizer=None, 
         view_run = SimpleNamespace(run_dir=run_dir, model=model, tokenizer=tok, probes=probe_set,
                                    policy=inputs.policy)
         view.on_train_begin(view_run)
+    hooks = [*hooks, *rl_hooks_from_config(cfg)]
+    run_ctx = RunContext(run_dir, cfg, model, tok, GroupObjective(cfg.loss, hp), (), None, None, None, ref_model,
+                         probe_set, inputs.policy, optimizer, plan.total_steps * cfg.num_iterations)
+    call_hooks(hooks, "on_train_begin", run_ctx)
+    stepping = any(hasattr(h, "on_step") for h in hooks)  # theta_t is cloned only for a hook that reads it
+    split = wants_response_gradients(hooks)  # the gradient by term (llm.rl_explain)
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if step == 0:
         last = probe_now()
     model.train()
@@ -266,18 +284,27 @@ def train_rl(cfg: TrainConfig, reward_fn: RewardFn, model=None, tokenizer=None, 
             with torch.no_grad():
                 ref = completion_logps(ref_model, ids, attn, resp)[0]
         old, losses, clips = None, [], []
-        for _ in range(cfg.num_iterations):
+        for it in range(cfg.num_iterations):
             logps, mask, entropy = completion_logps(model, ids, attn, resp)
             old = logps.detach() if old is None else old  # the sampling policy (first update: on-policy)
             loss = compute_group_loss(cfg.loss, logps, old, adv, mask, ref, **hp)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(f"group loss {cfg.loss!r} is {float(loss)} at step {step + 1}")
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if split:  # the run's own backward pass plus one per term but the last
+                by_term = group_term_backward(loss, logps, group_term_weights(cfg.loss, logps, old, adv, mask, ref,
+                                                                              hp), named)
+            else:
+                loss.backward()
             lr = optimizer.param_groups[0]["lr"]
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm or float("inf"))
+            before = snapshot(model) if stepping else None
             optimizer.step()
             scheduler.step()
+            if stepping:
+                call_hooks(hooks, "on_step", StepContext(step * cfg.num_iterations + it + 1, seen + len(idx),
+                                                       list(idx), lr, float(grad_norm), before, model, optimizer,
+                                                       by_term if split else None))
             losses.append(float(loss.detach()))
             clips.append(float(clipped_tokens(cfg.loss, logps.detach(), old, adv, mask,
                                               **{k: v for k, v in hp.items() if k != "beta"}).sum()
@@ -308,8 +335,10 @@ def train_rl(cfg: TrainConfig, reward_fn: RewardFn, model=None, tokenizer=None, 
             save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
                             examples_seen=seen, metrics_path=metrics_path)
         if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps and step < plan.total_steps:
+            call_hooks(hooks, "on_train_end", run_ctx)
             writer.close()
             return TrainResult(run_dir, model, tok, "stopped", step, seen, last, summary)
+    call_hooks(hooks, "on_train_end", run_ctx)
     writer.close()
     if view is not None:
         view.on_train_end(view_run)
