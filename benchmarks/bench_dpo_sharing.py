@@ -43,14 +43,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", choices=("hh", "synthetic"), default="hh", help="pairs: hh or synthetic")
     parser.add_argument("--probes", default="", help="HH probe file (default: the paper's when present)")
-    parser.add_argument("--pairs", type=int, default=500)
+    parser.add_argument("--pairs", type=int, default=500, help="pairs of the reference precompute (and step batches)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per mode (after 3 warm-up steps)")
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     parser.add_argument("--ref-batch-size", type=int, default=16, help="sequences per reference forward pass")
-    parser.add_argument("--arch", default="qwen2")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--arch", default="qwen2", help="tiny model architecture: gpt2, llama, gpt_neox or qwen2")
+    parser.add_argument("--hidden", type=int, default=64, help="hidden size of the tiny model")
+    parser.add_argument("--layers", type=int, default=2, help="layers of the tiny model")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (cuda when available)")
+    parser.add_argument("--max-prompt-tokens", type=int, default=256,
+                        help="prompts longer than this keep their last tokens (a sweep of prompt length on HH pairs)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,7 +60,8 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     pairs, source = _pairs(args)
     tok = train_bpe_tokenizer([t for p in pairs for t in p], vocab_size=2000)
-    policy = TruncationPolicy(max_prompt_tokens=256, max_response_tokens=256, prompt_overflow="left_truncate")
+    policy = TruncationPolicy(max_prompt_tokens=args.max_prompt_tokens, max_response_tokens=256,
+                              prompt_overflow="left_truncate")
     records = [encode_record(tok, x, (c, r), policy) for x, c, r in pairs]
     chosen, rejected = [s[0] for s in records], [s[1] for s in records]
     model = tiny_model(args.arch, len(tok), seed=0, hidden=args.hidden, layers=args.layers).to(device)

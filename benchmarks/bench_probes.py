@@ -167,7 +167,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--num-prompts", type=int, default=500, help="probe prompts (the HH file has 500)")
     parser.add_argument("--probes", default="", help="probe file (default: the paper's HH file when present)")
-    parser.add_argument("--arch", default="qwen2", help="tiny model architecture: gpt2, llama, neox or qwen2")
+    parser.add_argument("--arch", default="qwen2", help="tiny model architecture: gpt2, llama, gpt_neox or qwen2")
     parser.add_argument("--hidden", type=int, default=64, help="hidden size of the tiny model")
     parser.add_argument("--layers", type=int, default=2, help="layers of the tiny model")
     parser.add_argument("--vocab", type=int, default=0,

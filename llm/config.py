@@ -20,7 +20,7 @@ __all__ = ["TrainConfig", "EvalConfig", "RESUME_FREE_FIELDS"]
 
 #: fields that may differ between a run and its resumption (they do not change what is computed).
 RESUME_FREE_FIELDS = ("resume", "stop_after_steps", "progress", "device", "probe_mode", "share_prompts",
-                      "squeeze_alarm", "figure")
+                      "share_prompts_min_tokens", "squeeze_alarm", "figure")
 
 
 #: every size has a bound, so a typo cannot start a run that would not end (or exhaust memory).
@@ -138,6 +138,10 @@ class TrainConfig(_ModelData):
     share_prompts: bool = _f(True, "paired losses: run each pair's prompt once and score y+ and y- from its "
                                    "key/value cache, in the policy step and the reference (same values to float32 "
                                    "rounding; off, or a model that cannot, scores them as separate sequences)")
+    share_prompts_min_tokens: int = _f(24, "with --share-prompts: share only when the pairs' prompts average at "
+                                           "least this many tokens (shorter ones save less than the second forward "
+                                           "call costs: on a CPU the step broke even at 16-30; "
+                                           "benchmarks/bench_dpo_sharing.py --max-prompt-tokens); 0 shares any")
     reference: Literal["precomputed", "per_step"] = _f("precomputed", "reference log-probs: computed once for the "
                                                        "dataset, or a frozen model's forward pass every step")
     beta: float | None = _f(None, "beta: inverse temperature of the implicit reward (default: the loss's, 0.1)")
@@ -198,6 +202,8 @@ class TrainConfig(_ModelData):
             raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join(Objective.known() + group_loss_names())}")
         if self.token_view < 0:
             raise ValueError(f"token_view must be >= 0, got {self.token_view}")
+        if self.share_prompts_min_tokens < 0:
+            raise ValueError(f"share_prompts_min_tokens must be >= 0, got {self.share_prompts_min_tokens}")
         if self.explain_prompts < 0:
             raise ValueError(f"explain_prompts must be >= 0, got {self.explain_prompts}")
         if self.explain_every < 1:

@@ -97,13 +97,16 @@ def make_pair_batch(indices: Sequence[int], chosen: Sequence[EncodedSequence],
 
 
 def resolve_prompt_sharing(model, chosen: Sequence[EncodedSequence], rejected: Sequence[EncodedSequence] | None,
-                           pad_token_id: int, requested: bool) -> bool:
-    """Whether to share prompts in this run: asked for, paired, and checked on the model (a warning when not).
+                           pad_token_id: int, requested: bool, min_prompt_tokens: int = 0) -> bool:
+    """Whether to share prompts in this run: asked for, paired, prompts of at least ``min_prompt_tokens`` on average
+    (shorter ones do not pay for the second forward call), and checked on the model (a warning when it cannot).
 
     The check scores the first two pairs that share a prompt both ways (``llm.prefix.sharing_problem``) in eval
     mode, so it changes neither the weights nor any random state.
     """
-    if not requested or rejected is None:
+    if not requested or rejected is None or not chosen:
+        return False
+    if sum(len(c.prompt_ids) for c in chosen) < min_prompt_tokens * len(chosen):
         return False
     sample = [i for i in range(len(chosen)) if shares_prompts([chosen[i]], [rejected[i]])][:2]
     if not sample:

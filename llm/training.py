@@ -193,7 +193,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
         model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                            target_modules=cfg.lora_target_modules)
     device = next(model.parameters()).device
-    share = resolve_prompt_sharing(model, chosen, rejected, tok.pad_token_id, cfg.share_prompts)
+    share = resolve_prompt_sharing(model, chosen, rejected, tok.pad_token_id, cfg.share_prompts,
+                                   cfg.share_prompts_min_tokens)
 
     ref_c = ref_r = ref_model = None
     state = load_checkpoint(run_dir, map_location=device) if resuming else None

@@ -16,7 +16,7 @@ from llm.validation.prop1 import loss_gradient, predicted_change
 
 def _cfg(tmp_path, name="run", **kw):
     base = dict(num_synthetic=20, held_out=4, num_probes=4, tiny_hidden=32, tiny_vocab_size=300, batch_size=4,
-                max_prompt_tokens=32, max_response_tokens=16, lr=1e-4, loss="dpo", progress=False, save_model=False,
+                max_prompt_tokens=32, max_response_tokens=16, share_prompts_min_tokens=0, lr=1e-4, loss="dpo", progress=False, save_model=False,
                 checkpoint_at_end=False, eval_every=1000, out_dir=str(tmp_path / name))
     base.update(kw)
     return TrainConfig(**base)

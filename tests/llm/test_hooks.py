@@ -24,7 +24,7 @@ class _Recorder:
 
 def _cfg(tmp_path, **kw):
     base = dict(num_synthetic=16, held_out=4, num_probes=4, tiny_hidden=32, tiny_vocab_size=300, batch_size=4,
-                max_prompt_tokens=32, max_response_tokens=16, lr=1e-2, progress=False, save_model=False,
+                max_prompt_tokens=32, max_response_tokens=16, share_prompts_min_tokens=0, lr=1e-2, progress=False, save_model=False,
                 checkpoint_at_end=False, eval_every=100, out_dir=str(tmp_path / "run"))
     base.update(kw)
     return TrainConfig(**base)

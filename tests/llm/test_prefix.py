@@ -93,6 +93,22 @@ def test_pairs_without_a_shareable_prompt_keep_the_concatenated_pass(gpt2, token
     assert make_pair_batch(range(3), chosen, None, 0, share_prompts=True).shared is None  # SFT: nothing to pair
 
 
+def test_prompts_too_short_to_pay_are_not_shared(gpt2, tokenizer, pairs, policy):
+    # The DPO step with sharing broke even on a CPU at prompts of 16-30 tokens (bench_dpo_sharing.py
+    # --max-prompt-tokens): a run shares only when its prompts average at least share_prompts_min_tokens.
+    from llm.config import TrainConfig
+
+    chosen, rejected = _encoded(pairs[:4], tokenizer, policy)
+    mean = sum(len(c.prompt_ids) for c in chosen) / len(chosen)
+    assert resolve_prompt_sharing(gpt2, chosen, rejected, 0, True, min_prompt_tokens=0)
+    assert resolve_prompt_sharing(gpt2, chosen, rejected, 0, True, min_prompt_tokens=int(mean))
+    assert not resolve_prompt_sharing(gpt2, chosen, rejected, 0, True, min_prompt_tokens=int(mean) + 1)
+    assert not resolve_prompt_sharing(gpt2, chosen, rejected, 0, False, min_prompt_tokens=0)
+    assert TrainConfig().share_prompts_min_tokens == 24 > mean  # these synthetic prompts: unshared by default
+    with pytest.raises(ValueError, match="share_prompts_min_tokens must be >= 0, got -1"):
+        TrainConfig(share_prompts_min_tokens=-1)
+
+
 class _NoPositions(torch.nn.Module):
     def __init__(self, inner):
         super().__init__()

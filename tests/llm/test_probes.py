@@ -260,7 +260,8 @@ def test_a_resumed_shared_run_equals_an_uninterrupted_full_run(tmp_path):
                        batch_size=2, max_prompt_tokens=32, max_response_tokens=16, lr=3e-3, epochs=1, eval_every=4,
                        checkpoint_every=2, probe_batch_size=5, progress=False, save_model=False)
     whole = train(dataclasses.replace(base, probe_mode="full", share_prompts=False, out_dir=str(tmp_path / "whole")))
-    cut = dataclasses.replace(base, probe_mode="shared", share_prompts=True, out_dir=str(tmp_path / "cut"))
+    cut = dataclasses.replace(base, probe_mode="shared", share_prompts=True, share_prompts_min_tokens=0,
+                              out_dir=str(tmp_path / "cut"))
     assert train(dataclasses.replace(cut, stop_after_steps=3)).status == "stopped"
     resumed = train(dataclasses.replace(cut, resume=True))
     assert (resumed.summary["probe_mode"], resumed.summary["share_prompts"]) == ("shared", True)
