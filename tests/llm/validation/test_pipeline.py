@@ -67,8 +67,9 @@ def test_reduced_pipeline_runs_end_to_end(tmp_path):
         assert len(s["extras"]["rl"]["reward"]) == 2  # the GRPO phase's two steps (llm.validation.rl_claims)
         assert all(0 <= c["overlap"] <= 1 and c["max_step"] >= 0 for c in s["extras"]["conditions"].values())
         assert s["extras"]["conditions"]["dpo_large"]["max_step"] > s["extras"]["conditions"]["dpo"]["max_step"]
-        # the engine's defaults ran (test_validate_modes checks --probe-mode full --share-prompts false)
-        assert s["extras"]["probe_modes"]["dpo"] == {"probe_mode": "shared", "share_prompts": True}
+        # the engine's defaults ran (test_validate_modes checks --probe-mode full --share-prompts false): the
+        # world's prompts average ~15 tokens, under share_prompts_min_tokens (24), so its DPO steps are unshared
+        assert s["extras"]["probe_modes"]["dpo"] == {"probe_mode": "shared", "share_prompts": False}
     assert [s["seed"] for s in seeds] == [0, 1] and 0.0 <= seeds[0]["win_rate"]["win_rate"] <= 1.0
     report = (run_dir / "report.md").read_text()
     assert "claims hold in every seed" in report and "prop1_scatter.png" in report
