@@ -7,7 +7,9 @@ For the step theta_t -> theta_{t+1} = theta_t + Delta theta_t the first-order ch
 and Delta theta_t is split exactly into the parts due to each term of the loss. The loss gradient is a sum over the
 responses it flows through, g = sum_k g_k with g_k = sum_i (dL/d lp_k,i) grad lp_k,i (k = "y+" pull through the
 chosen log-probs, "y-" push through the rejected ones; the reference and KL parts of DPO-family losses enter as the
-weights dL/dlp, they have no gradient of their own). Optimizers are linear in g given their preconditioner, so each
+weights dL/dlp, they have no gradient of their own). A loss that adds an NLL term on y+ to a preference term (rpo,
+orpo: ``toykit.losses.LossSpec.nll``) has that term as its own, "y+ (NLL)", with the weights dL_nll/d lp+; the
+y+ pull is then the rest of y+'s gradient (the preference term's). Optimizers are linear in g given their preconditioner, so each
 term keeps its own momentum buffer and the update splits into one direction per term:
 
 - SGD: d_k = -eta b_k with b_k = mu b_k + (1 - tau) g_k (b_k = g_k without momentum); weight decay is its own term;
@@ -31,8 +33,8 @@ the LAST term's direction, so the terms sum exactly to the prediction along the 
 own. Each term costs one tangent of one forward-mode pass over the probe sequences
 (``llm.linearize.directional_changes``; the primal, shared by all tangents, gives log pi_o(theta_t0)): the measured
 change is log pi_o(theta_t0+W) - log pi_o(theta_t0) and the residual is measured minus predicted. With the run's
-``probe_mode shared`` (the default) each probe prompt runs once in that pass and its 7 probe rows continue from its
-key/value cache (checked against one sequence per row at the start; meta.json says which path ran).
+``probe_mode shared`` (the default) each probe prompt runs once in that pass and all its probe rows (one per probe
+type, and the argmax) continue from its key/value cache (checked against one sequence per row at the start; meta.json says which path ran).
 
 Saved with the run under ``explain/``: attribution.npz (values (W+1, N_o), contributions (W, K, N_o), the windows'
 last steps) and meta.json (probe type and prompt of every observed row, terms, the window, fit per window); for
@@ -56,22 +58,28 @@ from torch.func import functional_call
 from llm.attribution_record import pearson, write_attribution
 from llm.encoding import EncodedBatch, collate, encode_sequence
 from llm.linearize import directional_changes, sharing_problem
-from llm.objective import EXTEND, batch_loss, make_pair_batch
+from llm.objective import EXTEND, NLL_PART, batch_loss, make_pair_batch
 
-__all__ = ["AttributionHook", "observed_probes", "term_gradients", "UpdateSplit", "WEIGHT_DECAY", "term_names",
+__all__ = ["AttributionHook", "observed_probes", "term_gradients", "UpdateSplit", "WEIGHT_DECAY", "NLL_TERM",
+           "term_names",
            "pearson", "write_attribution"]  # the last two live in llm.attribution_record
 
 ARGMAX = "argmax_teacher_forced"  # the engine's ARGMAX_PROBE (llm.probes), scored on the y+ prefix
 WEIGHT_DECAY = "weight decay"
+NLL_TERM = "y+ (NLL)"  # an NLL (SFT) term on y+: SFT's only term, and rpo's / orpo's third
 
 
 def term_names(objective) -> tuple[str, ...]:
-    """The loss terms of ``objective``: the responses its gradient flows through."""
+    """The loss terms of ``objective``: the responses its gradient flows through, and its NLL term on y+ if any.
+
+    For a loss that adds an NLL term to a preference term (rpo, orpo) the "y+ pull" is the preference term's
+    gradient through y+ and "y+ (NLL)" the NLL term's (the name SFT's only term has: the same gradient).
+    """
     if objective.loss == EXTEND:
         return ("y+ (NLL)", "y- (NLL)")
     if not objective.needs_rejected:
-        return ("y+ (NLL)",) if objective.loss == "sft" else ("y+ pull",)
-    return ("y+ pull", "y- push")
+        return (NLL_TERM,) if objective.loss == "sft" else ("y+ pull",)
+    return ("y+ pull", "y- push", NLL_TERM) if objective.has_nll_term else ("y+ pull", "y- push")
 
 
 def observed_probes(probes, tokenizer, policy, num_prompts: int
@@ -118,7 +126,8 @@ def term_gradients(model: torch.nn.Module, params: dict[str, torch.Tensor], run,
         indices: the step's pairs; the loss is their mean, as in the engine's step (whatever the accumulation).
 
     Math: g_k = sum_i (dL_i/d lp_k,i) grad lp_k,i / N, with lp_k the chosen (k = y+) or rejected (k = y-) summed
-    log-probs; sum_k g_k = grad_theta mean_i L_i.
+    log-probs; for a loss with an NLL term (rpo, orpo) y+'s weight splits into the NLL term's dL_nll/d lp+ (the
+    term "y+ (NLL)") and the rest (the "y+ pull"); sum_k g_k = grad_theta mean_i L_i.
     """
     names = tuple(params)
     leaves = {n: params[n].detach().requires_grad_(True) for n in names}
@@ -135,7 +144,11 @@ def term_gradients(model: torch.nn.Module, params: dict[str, torch.Tensor], run,
                                   ref_rejected=None if run.ref_rejected is None else run.ref_rejected[micro],
                                   ref_model=run.ref_model)
         lps = [part["logps_chosen"], part["logps_rejected"]][: len(terms)]
-        weights = torch.autograd.grad(losses.sum() / len(indices), lps, retain_graph=True)  # dL/dlp_k, (N,) each
+        weights = list(torch.autograd.grad(losses.sum() / len(indices), lps, retain_graph=True))  # dL/dlp_k, (N,)
+        if part.get(NLL_PART) is not None:  # the NLL term's weights, taken out of y+'s: the pull is the rest
+            nll = torch.autograd.grad(part[NLL_PART].sum() / len(indices), lps[0], retain_graph=True)[0]
+            weights[0] = weights[0] - nll
+            lps, weights = lps + [lps[0]], weights + [nll]
         for k, (term, lp, w) in enumerate(zip(terms, lps, weights)):
             g = torch.autograd.grad((w.detach() * lp).sum(), [leaves[n] for n in names],
                                     retain_graph=k + 1 < len(terms), allow_unused=True)
@@ -249,6 +262,8 @@ class AttributionHook:
 
     #: ask the engine for the loss gradient split by response (llm.hooks.ResponseSplit)
     wants_response_gradients = True
+    #: the per-term momentum buffers and the record are not checkpointed: the engine refuses to resume with it
+    resumable = False
 
     def __init__(self, num_prompts: int = 16, chunk_size: int = 256, out_name: str = "explain",
                  diagnose_pairs: bool = True, every: int = 1, terms: Sequence[str] | None = None):
@@ -313,7 +328,7 @@ class AttributionHook:
             finally:
                 ctx.model.train(was_training)
         out = {}
-        keys = self.given_terms or ("chosen", "rejected")  # llm.hooks.RESPONSES, term_names' order
+        keys = self.given_terms or ("chosen", "rejected", NLL_PART)  # llm.hooks' keys, term_names' order
         for term, response in zip(self.terms, keys):
             got = ctx.response_gradients.get(response, {})
             out[term] = {n: got[n] if n in got else torch.zeros_like(t) for n, t in ctx.params_before.items()}

@@ -24,11 +24,15 @@ from typing import Any, Sequence
 
 import torch
 
+from llm.objective import NLL_PART
+
 __all__ = ["RunContext", "StepContext", "snapshot", "call_hooks", "hooks_from_config", "wants_response_gradients",
-           "ResponseSplit", "RESPONSES"]
+           "ResponseSplit", "RESPONSES", "NLL"]
 
 #: the per-example log-prob tensors of ``llm.objective.batch_loss`` a loss gradient flows through, by response
 RESPONSES = {"chosen": "logps_chosen", "rejected": "logps_rejected"}
+#: the key of the NLL term's gradient in ``ResponseSplit.result`` (batch_loss's part of that name: rpo, orpo)
+NLL = NLL_PART
 
 
 @dataclasses.dataclass
@@ -64,7 +68,8 @@ class StepContext:
     model: torch.nn.Module  # now at theta_{t+1}
     optimizer: torch.optim.Optimizer  # state after the step
     #: response ("chosen", "rejected") -> parameter name -> its part of the loss gradient at theta_t, before
-    #: clipping (they sum to the unclipped p.grad); None unless a hook has wants_response_gradients
+    #: clipping (they sum to the unclipped p.grad), plus NLL = "nll_chosen" (the NLL term on y+, then not in
+    #: "chosen") for a loss with one (rpo, orpo); None unless a hook has wants_response_gradients
     response_gradients: dict[str, dict[str, torch.Tensor]] | None = None
 
     def update(self) -> dict[str, torch.Tensor]:
@@ -101,6 +106,10 @@ class ResponseSplit:
     - on two graphs (``separate_graphs=True``, batch_loss's ``separate``: y+ and y- scored in two forward passes):
       one backward pass through each graph, p.grad their sum; the passes cost one backward's FLOPs in all.
 
+    A loss with an NLL term on y+ (batch_loss's ``nll_chosen``: rpo, orpo) takes one backward pass more, through y+
+    with the NLL term's weights alone: its part is ``NLL`` and the "chosen" part is the rest of y+'s gradient (the
+    preference term's pull), so the parts still sum to p.grad; p.grad itself is computed as without it.
+
     Args:
         params: the trainable parameters by name.
     """
@@ -116,37 +125,50 @@ class ResponseSplit:
 
         Math: grad_theta L = sum_k sum_i (dL/d lp_k,i) grad_theta lp_k,i (chain rule through the summed log-probs
         lp_k of response k; the reference log-probs are constants); the weights dL/d lp_k come from a backward pass
-        through the loss alone.
+        through the loss alone. The NLL term's part is sum_i (dL_nll/d lp+_i) grad_theta lp+_i.
         """
         keys = [k for k, part in RESPONSES.items() if parts.get(part) is not None and parts[part].requires_grad]
         self.keys = keys if len(keys) > len(self.keys) else self.keys
         objective = losses.sum() / denominator
         lps = [parts[RESPONSES[k]] for k in keys]
-        weights = torch.autograd.grad(objective, lps, retain_graph=True, allow_unused=True)
+        weights = list(torch.autograd.grad(objective, lps, retain_graph=True, allow_unused=True))
         own = keys if self.separate else keys[:-1]
+        passes = list(zip(own, lps, weights))
+        nll = parts.get(NLL_PART)
+        if nll is not None and nll.requires_grad and "chosen" in keys:  # the NLL term's weights dL_nll/d lp+
+            lp_c = parts[RESPONSES["chosen"]]
+            passes.append((NLL, lp_c, torch.autograd.grad(nll.sum() / denominator, [lp_c], retain_graph=True,
+                                                          allow_unused=True)[0]))
         if not self.separate:
-            objective.backward(retain_graph=bool(own))  # the run's own backward pass: p.grad as without hooks
-        for j, (key, lp, w) in enumerate(zip(own, lps, weights)):
+            objective.backward(retain_graph=bool(passes))  # the run's own backward pass: p.grad as without hooks
+        for j, (key, lp, w) in enumerate(passes):
             if w is None:  # the loss does not depend on this response
                 continue
             grads = torch.autograd.grad((w.detach() * lp).sum(), [self.params[n] for n in self.names],
-                                        retain_graph=j + 1 < len(own), allow_unused=True)
+                                        retain_graph=j + 1 < len(passes), allow_unused=True)
             acc = self.grads.setdefault(key, {})
             for name, g in zip(self.names, grads):
                 if g is None:
                     continue
                 acc[name] = acc[name] + g if name in acc else g
-                if self.separate:
+                if self.separate and key != NLL:  # the NLL pass is a part of y+'s, already in p.grad
                     p = self.params[name]
                     p.grad = g.clone() if p.grad is None else p.grad + g
 
     def result(self) -> dict[str, dict[str, torch.Tensor]]:
-        """Response -> name -> its part of the step's gradient (before clipping: call before clip_grad_norm_)."""
+        """Response -> name -> its part of the step's gradient (before clipping: call before clip_grad_norm_).
+
+        Keys: "chosen" (y+ without the NLL term), "rejected", and ``NLL`` for a loss with an NLL term on y+.
+        """
+        out = dict(self.grads)
         if not self.separate and self.keys:
             last, others = self.keys[-1], [self.grads.get(k, {}) for k in self.keys[:-1]]
-            self.grads[last] = {n: p.grad - sum(o[n] for o in others if n in o) for n, p in self.params.items()
-                                if p.grad is not None}
-        return self.grads
+            out[last] = {n: p.grad - sum(o[n] for o in others if n in o) for n, p in self.params.items()
+                         if p.grad is not None}
+        if NLL in out and "chosen" in out:  # y+'s gradient minus the NLL term's: the preference term's pull
+            nll = out[NLL]
+            out["chosen"] = {n: g - nll[n] if n in nll else g for n, g in out["chosen"].items()}
+        return out
 
 
 def hooks_from_config(cfg) -> list[object]:

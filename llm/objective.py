@@ -21,13 +21,15 @@ from llm.encoding import EncodedSequence, collate
 from llm.logps import SequenceLogps, encoded_logps, logps_from_logits
 from llm.prefix import (continuation_logits, plan_groups, prefix_forward, shared_pair_logps, shares_prompts,
                         sharing_problem)
-from toykit.losses import compute_loss, get_loss, loss_names
+from toykit.losses import compute_loss, compute_nll_term, get_loss, loss_names
 
-__all__ = ["EXTEND", "Objective", "PairBatch", "make_pair_batch", "batch_loss", "precompute_reference_logps",
+__all__ = ["EXTEND", "NLL_PART", "Objective", "PairBatch", "make_pair_batch", "batch_loss", "precompute_reference_logps",
            "trl_metrics", "NonFiniteLossError", "autocast_context", "resolve_prompt_sharing"]
 
 #: SFT on y+ and y- (the "extend" of the paper's section 5); not a registry loss, a choice of targets for "sft".
 EXTEND = "extend"
+#: batch_loss's per-example NLL term on y+ (rpo, orpo), and the key of its gradient in llm.hooks.ResponseSplit
+NLL_PART = "nll_chosen"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -56,6 +58,11 @@ class Objective:
     @property
     def needs_reference(self) -> bool:
         return self.loss != EXTEND and get_loss(self.loss).uses_reference
+
+    @property
+    def has_nll_term(self) -> bool:
+        """Whether the loss adds an NLL term on y+ to a preference term (``toykit.losses.LossSpec.nll``)."""
+        return self.loss != EXTEND and get_loss(self.loss).nll is not None
 
     @property
     def beta(self) -> float:
@@ -174,7 +181,8 @@ def batch_loss(model, batch: PairBatch, objective: Objective, *, ref_chosen: tor
             gradient through each can be taken by its own backward pass at the cost of one in all (llm.hooks).
 
     Returns:
-        losses (N,) and a dict with logps_chosen, logps_rejected, ref_chosen, ref_rejected (N,) or None.
+        losses (N,) and a dict with logps_chosen, logps_rejected, ref_chosen, ref_rejected (N,) or None, and
+        nll_chosen (N,): the loss's NLL term on y+ (a part of losses) for losses with one (rpo, orpo), else None.
 
     Raises:
         NonFiniteLossError: NaN or infinite log-probs or loss.
@@ -203,10 +211,12 @@ def batch_loss(model, batch: PairBatch, objective: Objective, *, ref_chosen: tor
         if objective.needs_reference:
             kwargs.update(ref_chosen_logps=ref_chosen, ref_rejected_logps=ref_rejected)
         losses = compute_loss(objective.loss, **kwargs, **objective.hparams)
+    # the loss's NLL term on y+ alone, a part of losses (rpo, orpo): the attribution splits its gradient out
+    nll = compute_nll_term(objective.loss, **kwargs, **objective.hparams) if objective.has_nll_term else None
     if not bool(torch.isfinite(losses).all()):
         raise NonFiniteLossError(f"loss {objective.loss!r} is NaN or infinite")
     return losses, {"logps_chosen": lp_c, "logps_rejected": lp_r, "ref_chosen": ref_chosen,
-                    "ref_rejected": ref_rejected}
+                    "ref_rejected": ref_rejected, NLL_PART: nll}
 
 
 @torch.no_grad()

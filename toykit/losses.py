@@ -24,7 +24,7 @@ from torch import Tensor
 
 from toykit import losses_trl as trl_forms
 
-__all__ = ["LossSpec", "LOSSES", "get_loss", "loss_names", "compute_loss", "compute_loss_grad"]
+__all__ = ["LossSpec", "LOSSES", "get_loss", "loss_names", "compute_loss", "compute_loss_grad", "compute_nll_term"]
 
 BETA = 0.1
 EPS = 0.1
@@ -211,6 +211,10 @@ def _rpo_grad(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths
     return g_c - alpha / _count(chosen_lengths, lp_c), g_r
 
 
+def _rpo_nll(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths=None, beta=BETA, alpha=1.0):
+    return -alpha * lp_c / _count(chosen_lengths, lp_c)  # the NLL term of rpo: alpha (-lp+/|y+|)
+
+
 def apo_zero(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths=None, beta=BETA):
     """Anchored preference optimisation, zero anchor: push r+ up and r- down, each through a sigmoid.
 
@@ -308,6 +312,10 @@ def _orpo_grad(lp_c, lp_r, ref_c=None, ref_r=None, *, chosen_lengths=None, rejec
             d_odds * slope_r / _count(rejected_lengths, lp_r))
 
 
+def _orpo_nll(lp_c, lp_r, ref_c=None, ref_r=None, *, chosen_lengths=None, rejected_lengths=None, beta=BETA):
+    return -lp_c / _count(chosen_lengths, lp_c)  # the NLL term of orpo: -m+ = -lp+/|y+|
+
+
 # ---- the registry ----
 
 
@@ -330,6 +338,9 @@ class LossSpec:
     hyperparams: Mapping[str, str] = field(default_factory=dict)
     couples_batch: bool = False  # True when example k's loss reads other examples (AOT's sort, RPO's batch mean)
     rules: Mapping[str, tuple[Callable[[float], bool], str]] = field(default_factory=dict)  # overrides _RULES
+    #: the loss's NLL (SFT) term on y+ alone, per example, with fn's signature (a part of fn's value), for losses
+    #: that add one to a preference term (rpo, orpo, rpo_batch); None otherwise (sft is all NLL: no part to split)
+    nll: Callable[..., Tensor] | None = None
 
 
 _BETA_HELP = "inverse temperature of the implicit reward beta (log pi - log pi_ref); must be > 0"
@@ -360,13 +371,13 @@ def _docline(fn: Callable, key: str) -> str:
 
 
 def _spec(fn, grad, *, paired: bool, uses_reference: bool, hyperparams: dict[str, str], couples_batch: bool = False,
-          rules: dict | None = None) -> LossSpec:
+          rules: dict | None = None, nll: Callable[..., Tensor] | None = None) -> LossSpec:
     defaults = {n: p.default for n, p in inspect.signature(fn).parameters.items()
                 if p.kind is p.KEYWORD_ONLY and not n.endswith("_lengths")}
     if set(defaults) != set(hyperparams):
         raise AssertionError(f"loss {fn.__name__!r}: hyperparams help {sorted(hyperparams)} != {sorted(defaults)}")
     return LossSpec(fn.__name__, fn, grad, paired, uses_reference, defaults, _docline(fn, "Math:"),
-                    _docline(fn, "References:"), hyperparams, couples_batch, rules or {})
+                    _docline(fn, "References:"), hyperparams, couples_batch, rules or {}, nll)
 
 
 LOSSES: dict[str, LossSpec] = {s.name: s for s in [
@@ -387,13 +398,13 @@ LOSSES: dict[str, LossSpec] = {s.name: s for s in [
                        "gamma": "target reward margin subtracted inside the sigmoid; >= 0"}),
     _spec(dpop, _dpop_grad, paired=True, uses_reference=True,
           hyperparams={"beta": _BETA_HELP, "lam": "penalty on lp+ falling below ref+ (DPO-Positive lambda); >= 0"}),
-    _spec(rpo, _rpo_grad, paired=True, uses_reference=True,
+    _spec(rpo, _rpo_grad, paired=True, uses_reference=True, nll=_rpo_nll,
           hyperparams={"beta": _BETA_HELP, "alpha": "weight of the per-token NLL term -lp+/|y+|; >= 0"}),
     _spec(apo_zero, _apo_zero_grad, paired=True, uses_reference=True, hyperparams={"beta": _BETA_HELP}),
     _spec(nca, _nca_grad, paired=True, uses_reference=True, hyperparams={"beta": _BETA_HELP}),
     _spec(sppo_hard, _sppo_hard_grad, paired=True, uses_reference=True,
           hyperparams={"beta": "the targets of r+ and r- are +1/(2 beta) and -1/(2 beta); > 0"}),
-    _spec(orpo, _orpo_grad, paired=True, uses_reference=False,
+    _spec(orpo, _orpo_grad, paired=True, uses_reference=False, nll=_orpo_nll,
           hyperparams={"beta": "weight of the odds-ratio term -log s(log_odds) added to the per-token NLL on y+ "
                                "(the paper's lambda); > 0"}),
     # TRL 1.16's DPOTrainer losses beyond the core set, and its conventions as named variants (toykit.losses_trl)
@@ -416,6 +427,7 @@ LOSSES: dict[str, LossSpec] = {s.name: s for s in [
     _spec(trl_forms.dpo_norm, trl_forms._dpo_norm_grad, paired=True, uses_reference=True,
           hyperparams={"beta": "inverse temperature on per-token-averaged log-ratios; > 0"}),
     _spec(trl_forms.rpo_batch, trl_forms._rpo_batch_grad, paired=True, uses_reference=True, couples_batch=True,
+          nll=trl_forms._rpo_batch_nll,
           hyperparams={"beta": _BETA_HELP, "alpha": "weight of the NLL on y+ as one token mean over the batch; >= 0"}),
 ]}
 
@@ -523,3 +535,19 @@ def compute_loss_grad(name: str, **kwargs) -> tuple[Tensor, Tensor | None]:
     spec, args = _validated(name, dict(kwargs))
     return spec.grad(args.pop("chosen_logps"), args.pop("rejected_logps"), args.pop("ref_chosen_logps"),
                      args.pop("ref_rejected_logps"), **args)
+
+
+def compute_nll_term(name: str, **kwargs) -> Tensor | None:
+    """Validate the inputs like ``compute_loss`` and return the per-example NLL term of loss ``name``, or None.
+
+    For a loss that adds an NLL (SFT) term on y+ to a preference term (rpo, orpo, rpo_batch) it is that term
+    alone, a part of ``compute_loss``'s value: the rest is the preference term (e.g. rpo minus it is dpo).
+
+    Returns:
+        (N,) the NLL term, differentiable through chosen_logps; None when the loss has none.
+    """
+    spec, args = _validated(name, dict(kwargs))
+    if spec.nll is None:
+        return None
+    return spec.nll(args.pop("chosen_logps"), args.pop("rejected_logps"), args.pop("ref_chosen_logps"),
+                    args.pop("ref_rejected_logps"), **args)

@@ -216,3 +216,7 @@ def rpo_batch(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths
 def _rpo_batch_grad(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths=None, beta=BETA, alpha=1.0):
     dh = -beta * torch.sigmoid(-beta * ((lp_c - ref_c) - (lp_r - ref_r)))
     return dh - alpha / _batch_mean_length(chosen_lengths, lp_c) * torch.ones_like(lp_c), -dh
+
+
+def _rpo_batch_nll(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths=None, beta=BETA, alpha=1.0):
+    return -alpha * lp_c / _batch_mean_length(chosen_lengths, lp_c)  # the NLL term of rpo_batch
