@@ -27,8 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from llm.alarm import SqueezeMonitor, SqueezeRule
-from llm.checkpoint import (load_checkpoint, load_tensors, probe_array_path, rewind_outputs, save_checkpoint,
-                            save_tensors)
+from llm.checkpoint import (CHECKPOINT_NAME, load_checkpoint, load_tensors, probe_array_path, rewind_outputs,
+                            save_checkpoint, save_tensors)
 from llm.config import RESUME_FREE_FIELDS, EvalConfig, TrainConfig
 from llm.parallel import SINGLE_PROCESS, World
 from llm.encoding import encode_record, truncation_report
@@ -99,7 +99,7 @@ class _Plan:
         return full * self.n + min(rest * self.size, self.n)
 
 
-def _check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
+def _check_resumable(cfg: TrainConfig, run_dir: Path, hooks=()) -> None:
     saved, now = read_json(run_dir / "config.json"), config_to_dict(cfg)
     diff = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE_FIELDS and saved.get(k) != now.get(k))
     if diff:
@@ -108,6 +108,11 @@ def _check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
     summary = run_dir / "summary.json"
     if summary.exists() and read_json(summary).get("status") == "completed":
         raise ValueError(f"{run_dir} already completed; start a new run instead of resuming")
+    attributing = cfg.explain_prompts > 0 or any(getattr(h, "resumable", True) is False for h in hooks)
+    if attributing and (run_dir / CHECKPOINT_NAME).exists():  # no checkpoint: the run starts over, record whole
+        raise ValueError(f"cannot resume {run_dir} with the attribution (--explain-prompts): its per-term momentum "
+                         f"buffers and record are not in the checkpoint, so a resumed record would cover only part "
+                         f"of the run; train it again from the start with a new --out-dir")
 
 
 def _evaluate(evaluator: ProbeEvaluator, model, run_dir: Path, writer: MetricsWriter, step: int, seen: int,
@@ -155,7 +160,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     resuming = world.broadcast(cfg.resume and (Path(cfg.out_dir) / "config.json").exists())
     run_dir = Path(cfg.out_dir) if resuming else None
     if resuming:
-        _check_resumable(cfg, run_dir)
+        _check_resumable(cfg, run_dir, hooks)
     else:
         check_run_dir(cfg.out_dir)
     check_device(cfg)

@@ -82,3 +82,18 @@ def test_with_sgd_the_real_step_prediction_is_the_existing_prop1_prediction(tmp_
     prop1 = predicted_change(model, params, hook.observed, g, lr).double().numpy()
     rows = ~hook.argmax.numpy()  # Prop. 1 scores the responses themselves, not the argmax
     np.testing.assert_allclose(saved["contributions"][0].sum(axis=0)[rows], prop1[rows], rtol=1e-8, atol=1e-12)
+
+
+def test_resuming_an_attributed_run_from_a_checkpoint_is_refused_before_anything_is_written(tmp_path):
+    cut = _cfg(tmp_path, "cut", epochs=2, checkpoint_every=2, stop_after_steps=3, explain_prompts=2)
+    train(cut)
+    before = {p: p.stat().st_size for p in (tmp_path / "cut").rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="cannot resume .* with the attribution"):
+        train(TrainConfig(**{**cut.__dict__, "stop_after_steps": None, "resume": True}))
+    assert {p: p.stat().st_size for p in (tmp_path / "cut").rglob("*") if p.is_file()} == before
+    plain = _cfg(tmp_path, "plain", epochs=2, checkpoint_every=2, stop_after_steps=3)
+    train(plain)  # a run without it, resumed with the hook passed in: refused too
+    with pytest.raises(ValueError, match="with the attribution"):
+        train(TrainConfig(**{**plain.__dict__, "stop_after_steps": None, "resume": True}),
+              hooks=[AttributionHook(num_prompts=2)])
+    assert train(TrainConfig(**{**plain.__dict__, "stop_after_steps": None, "resume": True})).status == "completed"
