@@ -123,6 +123,12 @@ def _config(parser: argparse.ArgumentParser, ns: argparse.Namespace):
     return config_from_namespace(cls, ns)
 
 
+def _given_fields(ns: argparse.Namespace) -> set[str]:
+    """The config fields the user set: explicit flags and the keys of the --config file."""
+    given = {name for name, value in vars(ns).items() if value is not None}
+    return given | (set(read_config_file(ns.config)) if getattr(ns, "config", None) else set())
+
+
 def _quiet_transformers(cfg) -> None:
     if not cfg.progress:  # --progress false also silences transformers' own bars (saving model shards)
         from transformers.utils import logging
@@ -212,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = _config(parser, ns)
     except ValueError as err:
         parser.error(str(err))
+    if ns.command == "forecast":  # --probe-mode shared / --share-prompts true asked for: say it is not honoured
+        from llm.forecast import warn_overrides
+
+        warn_overrides(cfg, _given_fields(ns))
     from llm.objective import NonFiniteLossError  # heavy imports only once the command line is valid
 
     start = time.perf_counter()

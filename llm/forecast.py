@@ -29,6 +29,8 @@ import copy
 import dataclasses
 import time
 import types
+import warnings
+from typing import Collection
 
 import torch
 import torch.autograd.forward_ad as fwAD
@@ -39,7 +41,7 @@ from llm.inputs import build_inputs
 from toykit.forward_ad import FORWARD_AD_LOCK
 from toykit.runs import write_json
 
-__all__ = ["LinearisedLM", "forecast", "format_cost"]
+__all__ = ["LinearisedLM", "forecast", "format_cost", "forecast_overrides", "warn_overrides"]
 
 
 class LinearisedLM(torch.nn.Module):
@@ -106,7 +108,9 @@ def forecast(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=No
     The run directory (phase ``forecast-<phase>``) holds the forecast's metrics.jsonl (the probes' predicted curves
     at the run's evaluation steps) and forecast.json (the cost: seconds in all, per step, and per probe pass).
 
-    ``hooks`` (llm.hooks) are passed to the engine's loop (they see the linearised model).
+    ``hooks`` (llm.hooks) are passed to the engine's loop (they see the linearised model). The probes run in full
+    mode and prompts are not shared (``forecast_overrides``: the same values; forecast.json records it, and
+    ``python -m llm forecast`` warns when the user asked for either).
 
     Raises:
         ValueError: greedy decoding asked for (a linearised model is not decoded), or explain asked for.
@@ -122,18 +126,47 @@ def forecast(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=No
     lin = LinearisedLM(copy.deepcopy(inputs.model)).to(next(inputs.model.parameters()).device)
     fcfg = dataclasses.replace(cfg, phase=f"forecast-{cfg.phase_name}", save_model=False, checkpoint_at_end=False,
                                checkpoint_every=0, resume=False)
-    if getattr(fcfg, "probe_mode", "full") != "full":  # a linearised model has no key/value cache to share
-        fcfg = dataclasses.replace(fcfg, probe_mode="full")
-    if getattr(fcfg, "share_prompts", False):
-        fcfg = dataclasses.replace(fcfg, share_prompts=False)
+    overrides = forecast_overrides(cfg)
+    fcfg = dataclasses.replace(fcfg, **{name: used for name, (_, used) in overrides.items()})
     result = train(fcfg, model=lin, tokenizer=inputs.tokenizer, pairs=pairs, probes=inputs.probes, hooks=hooks)
     seconds = time.perf_counter() - t0
     cost = {"kind": "logits linearised at the start (softmax exact), the run's recipe", "seconds": seconds,
+            "overridden": {name: {"asked": asked, "used": used} for name, (asked, used) in overrides.items()},
             "train_seconds": result.summary.get("train_seconds"), "probe_seconds": result.summary.get("probe_seconds"),
             "steps": result.step, "seconds_per_step": (result.summary.get("train_seconds") or 0) / max(result.step, 1)}
     write_json(result.run_dir / "forecast.json", cost)
     result.summary["forecast"] = cost
     return result
+
+
+def forecast_overrides(cfg: TrainConfig) -> dict[str, tuple[object, object]]:
+    """Field -> (asked, used) for the fields of ``cfg`` a forecast cannot honour and replaces.
+
+    A linearised model has no key/value cache to continue from, so its probes run one sequence per response
+    (probe_mode full) and y+ and y- are scored as separate sequences (share_prompts off): the same values.
+    """
+    out: dict[str, tuple[object, object]] = {}
+    if cfg.probe_mode != "full":
+        out["probe_mode"] = (cfg.probe_mode, "full")
+    if cfg.share_prompts:
+        out["share_prompts"] = (True, False)
+    return out
+
+
+def warn_overrides(cfg: TrainConfig, given: Collection[str]) -> list[str]:
+    """Warn (RuntimeWarning) for every field in ``given`` (set by the user) that a forecast overrides; return them.
+
+    Used by ``python -m llm forecast`` for the flags (or --config keys) the user passed, so that asking for
+    ``--probe-mode shared`` or ``--share-prompts true`` is never silently ignored.
+    """
+    named = [name for name in forecast_overrides(cfg) if name in given]
+    for name in named:
+        asked, used = forecast_overrides(cfg)[name]
+        flag = "--" + name.replace("_", "-")
+        warnings.warn(f"forecast: {flag} {str(asked).lower()} is not available for the linearised model (it has no "
+                      f"key/value cache to continue from); the forecast runs {flag} {str(used).lower()} "
+                      f"(the same values, one sequence per response)", RuntimeWarning, stacklevel=2)
+    return named
 
 
 def format_cost(cost: dict) -> str:

@@ -25,3 +25,17 @@ def test_explain_of_a_run_without_attribution_says_how_to_record_one(tmp_path, c
     assert main(["sft", *_SMALL, "--out-dir", run]) == 0
     assert main(["explain", run]) == 2
     assert "train with --explain-prompts N" in capsys.readouterr().out
+
+
+def test_forecast_warns_when_asked_for_the_shared_probe_mode(tmp_path):
+    import warnings
+
+    import pytest
+
+    with pytest.warns(RuntimeWarning, match="--probe-mode shared is not available for the linearised model"):
+        assert main(["forecast", "--loss", "dpo", *_SMALL, "--probe-mode", "shared", "--out-dir",
+                     str(tmp_path / "asked")]) == 0
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert main(["forecast", "--loss", "dpo", *_SMALL, "--out-dir", str(tmp_path / "default")]) == 0
+    assert not [w for w in seen if "linearised model" in str(w.message)]
