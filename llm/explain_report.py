@@ -3,8 +3,8 @@
 Curves are cumulative from the run's start and averaged over the attributed prompts of each probe type, in nats of
 SUMMED log-probs (the argmax is the TEACHER-FORCED argmax along y+): measured = log pi_t - log pi_0, predicted =
 the sum over steps of the first-order changes, one stacked band per loss term, residual = measured - predicted.
-A forecast (``llm.forecast``, the run predicted from the kernel at the start) is compared on the probe means of
-both runs' metrics.jsonl, and "parts" at the first evaluation where |forecast - real| exceeds ``tolerance`` times
+A forecast (``llm.forecast``, the run predicted from the kernel at the start) is compared on the probe means over
+the same prompts as the attribution (the per-prompt arrays probes/step_*.npz of both runs), and "parts" at the first evaluation where |forecast - real| exceeds ``tolerance`` times
 the largest movement of any probe's real curve (one scale per run, so a probe that barely moves is not flagged for
 a gap far below the run's own dynamics).
 """
@@ -20,9 +20,12 @@ import pandas as pd
 from llm.runs import read_run_metrics
 from toykit.runs import read_json
 
+ARGMAX_PROBE = "argmax_teacher_forced"  # llm.probes.ARGMAX_PROBE (not imported: this module reads files, no torch)
+
 __all__ = ["Explanation", "load_explanation", "explanation_table", "format_explanation", "forecast_comparison",
            "plot_explanation", "cost_report", "add_explain_arguments", "run_explain_command",
-           "list_explained_runs", "list_forecast_runs", "pair_tables", "attribution_sentences"]
+           "list_explained_runs", "list_forecast_runs", "pair_tables", "attribution_sentences", "attributed_prompts",
+           "summary_line"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +33,8 @@ class Explanation:
     """A run's attribution, reduced to probe-type means of cumulative curves.
 
     Attributes:
-        probe_types: T probe types (first-seen order); terms: K loss terms (remainder last).
+        probe_types: T probe types (first-seen order); terms: K loss terms (the optimizer's rounding is inside
+            the last one).
         steps: (W+1,) optimizer step 0 and the last step of each of the W attribution windows (0..S when the
             window is one step).
         measured, predicted: (T, W+1) cumulative mean change of the summed log-prob, 0 at step 0.
@@ -115,7 +119,7 @@ def format_explanation(expl: Explanation) -> str:
 def attribution_sentences(expl: Explanation) -> list[str]:
     """One sentence per probe type: how far it moved and which term did it (or which outweighed which)."""
     table, out = explanation_table(expl), []
-    terms = [t for t in expl.terms if t != "optimizer remainder"]
+    terms = list(expl.terms)  # the optimizer's rounding is inside the last term (meta.json: remainder_folded_into)
     for _, row in table.iterrows():
         parts = sorted(((t, float(row[t])) for t in terms), key=lambda tv: -abs(tv[1]))
         text = (f"{row['probe']} {'rose' if row['measured'] > 0 else 'fell'} by {abs(row['measured']):.3f} nats "
@@ -129,20 +133,70 @@ def attribution_sentences(expl: Explanation) -> list[str]:
     return out
 
 
-def _probe_means(run_dir: Path) -> pd.DataFrame:
-    table = read_run_metrics(run_dir)
-    table = table[(table["statistic"] == "logp_sum") & table["probe"].notna() & (table["probe"] != "train")]
-    return table.groupby(["probe", "step"])["value"].mean().unstack("step")  # probe x step
+def attributed_prompts(run_dir: str | Path) -> np.ndarray | None:
+    """(n,) the probe prompts ``run_dir``'s attribution observed (explain/meta.json), or None when it has none."""
+    meta = Path(run_dir) / "explain" / "meta.json"
+    return np.unique(np.asarray(read_json(meta)["prompts"], dtype=int)) if meta.exists() else None
 
 
-def forecast_comparison(run_dir: str | Path, forecast_dir: str | Path, tolerance: float = 0.15) -> pd.DataFrame:
+def summary_line(expl: Explanation) -> str:
+    """One line: loss, optimizer, steps and prompts, and the attribution sentences of y+, y- and the argmax."""
+    sentences = dict(zip(expl.probe_types, attribution_sentences(expl)))
+    keys = [p for p in ("chosen", "rejected", ARGMAX_PROBE) if p in sentences] or list(sentences)[:2]
+    meta = expl.meta
+    return (f"{meta['loss']} with {meta['optimizer']}, {meta['steps']} steps, {meta['num_prompts']} prompts "
+            f"attributed: " + "; ".join(sentences[k] for k in keys))
+
+
+def _probe_means(run_dir: Path, prompts: np.ndarray | None = None) -> pd.DataFrame:
+    """Probe type x evaluation step: the mean summed log-prob over all probe prompts (metrics.jsonl), or over
+    ``prompts`` only (the per-prompt arrays probes/step_*.npz the engine writes at every evaluation)."""
+    if prompts is None:
+        table = read_run_metrics(run_dir)
+        table = table[(table["statistic"] == "logp_sum") & table["probe"].notna() & (table["probe"] != "train")]
+        return table.groupby(["probe", "step"])["value"].mean().unstack("step")  # probe x step
+    files = sorted((run_dir / "probes").glob("step_*.npz"))
+    if not files:
+        raise ValueError(f"{run_dir / 'probes'} holds no per-prompt probe arrays (step_*.npz): cannot average the "
+                         f"probes over the attributed prompts {prompts.tolist()}")
+    columns = {}
+    for path in files:
+        with np.load(path) as arrays:
+            sums = {key.rsplit("/", 1)[0]: arrays[key] for key in arrays.files if key.endswith("/logp_sum")}
+        short = [p for p, v in sums.items() if v.shape[0] <= prompts.max()]
+        if short:
+            raise ValueError(f"{path}: probe {short[0]} has {sums[short[0]].shape[0]} prompts, fewer than the "
+                             f"attributed prompts {prompts.tolist()} need (a different probe set?)")
+        columns[int(path.stem.removeprefix("step_"))] = {p: _finite_mean(v[prompts]) for p, v in sums.items()}
+    return pd.DataFrame(columns).sort_index(axis=1)  # probe x step
+
+
+def _finite_mean(values: np.ndarray) -> float:
+    """Mean of the finite entries (NaN marks a prompt without that probe response), NaN when there are none."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else float("nan")
+
+
+def forecast_comparison(run_dir: str | Path, forecast_dir: str | Path, tolerance: float = 0.15,
+                        prompts: np.ndarray | None | str = "attributed") -> pd.DataFrame:
     """Per probe type and shared evaluation step: real and forecast mean summed log-prob, and where they part.
+
+    Args:
+        prompts: the probe prompts both means are taken over: "attributed" (the default) the prompts of the run's
+            attribution when it has one (so the curves compare with ``load_explanation``'s), else all of them; an
+            array of prompt indices; None for all (the means of metrics.jsonl).
 
     Returns:
         rows (probe, step, real, forecast, gap, parted): parted is True from the first step where
         |forecast - real| > tolerance x the largest movement max_t |real_t - real_0| of any probe, on.
+        ``attrs["prompts"]`` holds the prompt indices used (None: all).
     """
-    real, fore = _probe_means(Path(run_dir)), _probe_means(Path(forecast_dir))
+    if isinstance(prompts, str):
+        if prompts != "attributed":
+            raise ValueError(f"prompts must be 'attributed', None or prompt indices, got {prompts!r}")
+        prompts = attributed_prompts(run_dir)
+    prompts = None if prompts is None else np.asarray(prompts, dtype=int)
+    real, fore = _probe_means(Path(run_dir), prompts), _probe_means(Path(forecast_dir), prompts)
     steps = [s for s in real.columns if s in fore.columns]
     probes = [p for p in real.index if p in fore.index]
     if not steps or not probes:
@@ -155,16 +209,28 @@ def forecast_comparison(run_dir: str | Path, forecast_dir: str | Path, tolerance
         parted = np.maximum.accumulate(np.abs(f - r) > tolerance * scale)
         rows += [{"probe": probe, "step": int(s), "real": r[j], "forecast": f[j], "gap": f[j] - r[j],
                   "parted": bool(parted[j])} for j, s in enumerate(steps)]
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    out.attrs["prompts"] = None if prompts is None else prompts.tolist()
+    return out
 
 
 def plot_explanation(expl: Explanation, forecast: pd.DataFrame | None = None, columns: int = 4):
     """Return a Figure: per probe type the measured and predicted curves over stacked term contributions.
 
     With ``forecast`` (``forecast_comparison``) the forecast's change from step 0 is overlaid (red) and the step
-    where it parts from the real run is marked.
+    where it parts from the real run is marked; it must average the same prompts as the attribution.
+
+    Raises:
+        ValueError: ``forecast`` averages other probe prompts than the attribution (its ``attrs["prompts"]``).
     """
     import matplotlib.pyplot as plt
+
+    if forecast is not None and "prompts" in forecast.attrs:
+        mine = np.unique(np.asarray(expl.meta["prompts"], dtype=int)).tolist()
+        if forecast.attrs["prompts"] != mine:
+            used = "all probe prompts" if forecast.attrs["prompts"] is None else f"prompts {forecast.attrs['prompts']}"
+            raise ValueError(f"the forecast comparison averages {used}, the attribution prompts {mine}: "
+                             f"call forecast_comparison with prompts='attributed'")
 
     n = len(expl.probe_types)
     cols = min(columns, n)
@@ -247,7 +313,9 @@ def run_explain_command(ns) -> int:
         return 2
     print(format_explanation(expl))
     if comparison is not None:
-        print(f"forecast {ns.forecast} (tolerance {ns.tolerance:g} x the largest movement):")
+        used = comparison.attrs.get("prompts")
+        over = "all probe prompts" if used is None else f"the {len(used)} attributed prompts"
+        print(f"forecast {ns.forecast} (means over {over}; tolerance {ns.tolerance:g} x the largest movement):")
         for probe, rows in comparison.groupby("probe", sort=False):
             last = rows.iloc[-1]
             parted = rows[rows["parted"]]

@@ -3,10 +3,11 @@
 from pathlib import Path
 
 import streamlit as st
+from streamlit.errors import StreamlitPageNotFoundError
 
 from app.charts import PROBE_LABELS, line_chart
 from app.paths import resolve_under_roots
-from llm import runs
+from llm import explain_report, runs
 
 st.set_page_config(page_title="LLM runs", layout="wide")
 st.title("LLM runs: probe log-probs over finetuning")
@@ -22,6 +23,7 @@ st.markdown(
 REDUCTION_LABELS = {"summed": "summed over tokens (nats)", "mean": "per-token mean (nats / token)"}
 PAPER_RUNS = Path("..", "shared", "data", "paper_runs")  # the paper's logs, when a shared checkout is beside
 CHART_HEIGHT = 420
+EXPLAIN_PAGE = "pages/7_Explain_a_run.py"  # relative to the app's entry point, Home.py
 
 
 @st.cache_data(ttl=10, show_spinner=False)
@@ -43,6 +45,18 @@ def _metrics(run_dirs: tuple[str, ...]):
 def _paper(path: str, eval_every: int):
     table = runs.read_paper_metrics(path, eval_every=eval_every)
     return table, table.attrs.get("segments", 1)
+
+
+@st.cache_data(ttl=10, show_spinner=False)
+def _explained(run_dir: str) -> list[tuple[str, str]]:
+    """(run directory, one-line summary or the reading error) of every attribution record under ``run_dir``."""
+    out = []
+    for found in explain_report.list_explained_runs(run_dir):
+        try:
+            out.append((str(found), explain_report.summary_line(explain_report.load_explanation(found))))
+        except (ValueError, KeyError, OSError) as err:
+            out.append((str(found), f"cannot read it: {err}"))
+    return out
 
 
 def _labelled(frame):
@@ -116,6 +130,20 @@ if table is not None:
             st.altair_chart(line_chart(training[training["statistic"] == stat], "step", "value", "run", dash="phase",
                                        x_title="optimizer step", y_title=stat, color_title="run",
                                        dash_title="phase (line style)"), width="stretch")
+
+    records = [(name, found, line) for name in chosen for found, line in _explained(names[name])]
+    if records:
+        st.header("What moved the probes: the attribution")
+        st.markdown("These runs were trained with `--explain-prompts N`: every probe's change along the real "
+                    "optimizer steps, split into the loss's terms. The Explain page draws it, term by term.")
+        for name, found, line in records:
+            label = str(Path(found).relative_to(root)) if Path(found) != root else name
+            st.markdown(f"**{label}**: {line}")
+            try:
+                st.page_link(EXPLAIN_PAGE, label=f"Explain {label}", icon=":material/query_stats:",
+                             query_params={"folder": str(Path(found).parent), "run": found})
+            except StreamlitPageNotFoundError:  # this page run on its own, outside the app (Home.py)
+                st.caption(f"Open the app's 'Explain a run' page on the folder {Path(found).parent} to see it.")
 
     st.header("Claims scoreboard")
     any_claims = False

@@ -12,10 +12,11 @@ st.markdown(
     "A run trained with `--explain-prompts N` records, at every optimizer step, the first-order change "
     "<grad log pi(y_o), Delta theta> of every probe response along the **real** update (SGD, AdamW or RMSprop, "
     "momentum included), split into the loss's terms: the **y+ pull** (gradient through log pi(y+)), the **y- push** "
-    "(through log pi(y-)), weight decay and the optimizer's rounding. Black: the measured change of the summed "
+    "(through log pi(y-)), for rpo and orpo their **y+ (NLL)** term on its own, and weight decay; the optimizer's "
+    "rounding (~1e-7 of the update) is added to the last term. Black: the measured change of the summed "
     "log-prob from step 0; dashed: the sum of the terms; bands: each term. A forecast (`python -m llm forecast`, the "
     "model linearised at the start and trained with the same recipe) is overlaid in red, with a line where it parts "
-    "from the real run."
+    "from the real run; both are averaged over the attributed prompts."
 )
 
 
@@ -40,7 +41,7 @@ def _explain(run_dir: str, forecast_dir: str, tolerance: float):
 
 
 with st.sidebar:
-    folder = st.text_input("Run folder", value="runs", key="folder",
+    folder = st.text_input("Run folder", value=st.query_params.get("folder", "runs"), key="folder",
                            help="A folder holding run directories (searched recursively for explain/ records).")
 try:
     explained, forecasts = _runs(folder)
@@ -50,7 +51,9 @@ if not explained:
     _fail(f"No run with an attribution under {folder!r}. Record one with `python -m llm dpo --explain-prompts 16 "
           f"--out-dir runs/d`, or type another folder in the sidebar.")
 with st.sidebar:
-    run = st.selectbox("Run", explained, key="run", format_func=lambda p: Path(p).name)
+    asked = st.query_params.get("run")  # the LLM runs page links here with ?folder=...&run=...
+    run = st.selectbox("Run", explained, key="run", format_func=lambda p: Path(p).name,
+                       index=explained.index(asked) if asked in explained else 0)
     forecast = st.selectbox("Forecast to overlay", ["", *forecasts], key="forecast",
                             format_func=lambda p: Path(p).name if p else "none")
     tolerance = st.slider("Forecast parts at a gap of (x the largest movement)", 0.05, 0.5, 0.15, 0.05,

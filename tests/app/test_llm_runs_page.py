@@ -216,3 +216,52 @@ def test_a_numpy_file_names_the_file_and_the_formats_read(tmp_path):
     at = run_page(PAGE, folder=str(tmp_path), paper_path=str(bad))
     assert_no_exception(at)
     assert any("curves.npy" in e.value and "JSON lines" in e.value for e in at.error)
+
+
+def test_an_explained_run_is_said_and_linked_to_the_explain_page(tmp_path):
+    from urllib.parse import parse_qs
+
+    from streamlit.testing.v1 import AppTest
+
+    from llm.config import TrainConfig
+    from llm.training import train
+    from tests.app.harness import PAGE_TIMEOUT_S, page_path, write_tidy_run
+
+    folder = tmp_path / "runs"
+    write_tidy_run(folder / "plain", decay=1.0)
+    train(TrainConfig(loss="dpo", num_synthetic=12, held_out=4, num_probes=2, tiny_hidden=32, tiny_vocab_size=300,
+                      max_prompt_tokens=32, max_response_tokens=16, lr=1e-4, progress=False, save_model=False,
+                      checkpoint_at_end=False, explain_prompts=2, out_dir=str(folder / "explained")))
+    at = AppTest.from_file(page_path("Home.py"), default_timeout=PAGE_TIMEOUT_S)  # the app: its pages are known
+    at.switch_page(PAGE).run()
+    at.text_input(key="folder").set_value(str(folder)).run()
+    at.multiselect(key="runs").set_value(["explained", "plain"]).run()
+    assert_no_exception(at)
+    said = [m.value for m in at.markdown if m.value.startswith("**explained**")]
+    assert len(said) == 1 and "dpo with AdamW" in said[0] and "chosen " in said[0] and "rejected " in said[0]
+    links = at.get("page_link")
+    assert [link.proto.label for link in links] == ["Explain explained"]  # the plain run has no record: no link
+    query = parse_qs(links[0].proto.query_string)
+    assert links[0].proto.page_script_hash and query == {"folder": [str(folder)], "run": [str(folder / "explained")]}
+    at.multiselect(key="runs").set_value(["plain"]).run()
+    assert not at.get("page_link") and not [m for m in at.markdown if "attribution" in m.value]
+
+
+def test_the_explain_page_opens_on_the_run_a_link_names(tmp_path):
+    from llm.config import TrainConfig
+    from llm.training import train
+
+    kw = dict(loss="dpo", num_synthetic=12, held_out=4, num_probes=2, tiny_hidden=32, tiny_vocab_size=300,
+              max_prompt_tokens=32, max_response_tokens=16, lr=1e-4, progress=False, save_model=False,
+              checkpoint_at_end=False, explain_prompts=2)
+    for name in ("a", "b"):
+        train(TrainConfig(out_dir=str(tmp_path / "runs" / name), **kw))
+    from streamlit.testing.v1 import AppTest
+
+    from tests.app.harness import PAGE_TIMEOUT_S, page_path
+
+    at = AppTest.from_file(page_path("pages/7_Explain_a_run.py"), default_timeout=PAGE_TIMEOUT_S)
+    at.query_params["folder"], at.query_params["run"] = str(tmp_path / "runs"), str(tmp_path / "runs" / "b")
+    at.run()
+    assert_no_exception(at)
+    assert at.selectbox(key="run").value == str(tmp_path / "runs" / "b")

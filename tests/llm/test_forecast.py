@@ -100,3 +100,43 @@ def test_the_forecast_tracks_a_tiny_lm_at_a_small_lr(tmp_path):
     kw = dict(lr=1e-3, epochs=3, num_synthetic=36)
     real, fc = train(_cfg(tmp_path, "real_hi", **kw)), forecast(_cfg(tmp_path, "fc_hi", **kw))
     assert forecast_comparison(real.run_dir, fc.run_dir, tolerance=0.05)["parted"].any()
+
+
+def test_the_forecast_is_compared_on_the_attributed_prompts_only(tmp_path):
+    from llm.explain_report import load_explanation, plot_explanation
+
+    # 6 probe prompts, the first 2 attributed: the forecast's and the real curves average those 2, as the attribution
+    kw = dict(lr=1e-4, epochs=1, eval_every=8, dtype="float64")
+    real = train(_cfg(tmp_path, "real", explain_prompts=2, **kw))
+    fc = forecast(_cfg(tmp_path, "fc", **kw))
+    expl = load_explanation(real.run_dir)
+    comparison = forecast_comparison(real.run_dir, fc.run_dir)
+    assert comparison.attrs["prompts"] == [0, 1] and set(comparison["probe"]) == set(expl.probe_types)
+    for probe, rows in comparison.groupby("probe"):
+        at = [list(expl.steps).index(s) for s in rows["step"]]
+        np.testing.assert_allclose(rows["real"] - rows["real"].iloc[0], expl.measured[expl.probe_types.index(probe),
+                                                                                       at], rtol=1e-7, atol=1e-9)
+    every = forecast_comparison(real.run_dir, fc.run_dir, prompts=None)  # all 6 prompts: other means
+    assert every.attrs["prompts"] is None and np.abs(every["real"] - comparison["real"]).max() > 1e-3
+    with pytest.raises(ValueError, match="the attribution prompts"):
+        plot_explanation(expl, every)
+
+
+def test_the_forecast_overrides_are_recorded_and_warned_for_when_asked(tmp_path):
+    import json
+    import warnings
+
+    from llm.forecast import forecast_overrides, warn_overrides
+
+    cfg = _cfg(tmp_path, "x", probe_mode="shared", share_prompts=True)
+    assert forecast_overrides(cfg) == {"probe_mode": ("shared", "full"), "share_prompts": (True, False)}
+    assert forecast_overrides(_cfg(tmp_path, "y", probe_mode="full", share_prompts=False)) == {}
+    with pytest.warns(RuntimeWarning, match="--probe-mode shared is not available for the linearised model"):
+        assert warn_overrides(cfg, {"probe_mode", "lr"}) == ["probe_mode"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_overrides(cfg, {"lr"}) == []  # the defaults, not asked for: no warning
+    fc = forecast(_cfg(tmp_path, "fc", epochs=1))
+    saved = json.loads((fc.run_dir / "forecast.json").read_text())
+    assert saved["overridden"] == {"probe_mode": {"asked": "shared", "used": "full"},
+                                   "share_prompts": {"asked": True, "used": False}}
