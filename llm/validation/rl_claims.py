@@ -12,6 +12,10 @@ The claims and their pass rules were fixed here before any validation run scored
 
 They are scored apart from the paper's claims (``claims_rl.json`` and the report's RL section), so the paper's
 scoreboard keeps its count. A claim passes when its rule holds in every seed.
+
+With ``--explain-prompts N`` the GRPO phase, like the others, records its attribution (``llm.rl_explain``: every
+probe's change split into the positive-advantage pull, the negative-advantage push and, where beta > 0, the KL to
+the reference) under ``grpo/explain/`` and in the seed's record (``extras["attribution"]["grpo"]``).
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ import numpy as np
 
 from llm.config import TrainConfig
 from llm.rl import train_rl
+from llm.validation.explain_phases import phase_attribution
 from llm.validation.report import GREEDY, OTHER_PROBES, ClaimSpec, SeedResult
 from toykit.runs import iter_jsonl
 
-__all__ = ["RL_PHASE", "RL_CLAIMS", "run_rl_phase", "rl_markdown"]
+__all__ = ["RL_PHASE", "RL_CLAIMS", "run_rl_phase", "rl_phase_attribution", "rl_markdown"]
 
 RL_PHASE = "grpo"
 
@@ -89,15 +94,30 @@ def run_rl_phase(phases, reward: Callable[[list[str], list[str]], list[float]], 
                       max_completion_length=p.greedy_max_new_tokens, temperature=p.temperature, dtype=p.dtype,
                       bf16=p.bf16, device=phases.device, seed=phases.seed, save_model=False,
                       checkpoint_at_end=False, probe_batch_size=p.probe_batch_size, probe_mode=phases.probe_mode,
-                      progress=phases.progress, out_dir=str(phases.dir / RL_PHASE))
+                      progress=phases.progress, out_dir=str(phases.dir / RL_PHASE),
+                      explain_prompts=phases.explain_prompts)
     result = train_rl(cfg, reward, model=copy.deepcopy(start_model), tokenizer=phases.tok, pairs=list(pairs),
                       probes=phases.probes)
+    if cfg.explain_prompts:
+        phases.attribution[RL_PHASE] = rl_phase_attribution(result, cfg, start_model, phases.tok, pairs,
+                                                            phases.probes)
     phases.rows.extend(probe_rows(result.run_dir))
     steps = [row for _, row in iter_jsonl(result.run_dir / "metrics.jsonl") if "reward" in row]  # training rows
     columns = {"reward": "reward", "reward_std": "reward_std", "entropy": "entropy",
                "gain_high_overlap": "lld/gain_high_overlap", "gain_low_overlap": "lld/gain_low_overlap",
                "frac_positive_fell": "lld/frac_positive_fell"}
     return {key: [float(row.get(name, float("nan"))) for row in steps] for key, name in columns.items()}
+
+
+def rl_phase_attribution(result, cfg, start_model, tokenizer, pairs: Sequence, probes) -> dict[str, Any]:
+    """The RL phase's attribution in the shape of every other phase's (``explain_phases.phase_attribution``).
+
+    Its terms are the group objective's (``llm.rl_explain``); ``objective`` adds the loss and its KL weight (beta 0:
+    no KL term). No forecast: ``llm.forecast`` runs the engine's pairwise losses, not online RL.
+    """
+    out = phase_attribution(result, cfg, start_model, tokenizer, pairs, probes, with_forecast=False)
+    out["objective"] = {"loss": cfg.loss, **cfg.group_hparams()}
+    return out
 
 
 def rl_markdown(doc: dict[str, Any], seeds: Sequence[SeedResult]) -> str:

@@ -99,3 +99,28 @@ def test_an_rloo_run_has_no_kl_term_and_the_explain_command_reads_it(tmp_path, c
     assert main(["explain", str(run)]) == 0
     out = capsys.readouterr().out
     assert "rloo with AdamW" in out and PUSH in out and "group_worst" in out
+
+
+def test_the_validation_rl_phase_records_its_attribution_like_the_other_phases(tmp_path):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from llm.data import probe_set_from_pairs, synthetic_pairs
+    from llm.validation.pipeline import PRESETS, _probe_rows
+    from llm.validation.rl_claims import RL_PHASE, run_rl_phase
+
+    sft = train(_cfg(tmp_path / "sft", loss="sft", epochs=3, lr=3e-3, eval_every=1000))
+    pairs = synthetic_pairs(16)
+    preset = dataclasses.replace(PRESETS["test"], rl_steps=2, rl_prompts=2, rl_generations=4, greedy_max_new_tokens=6)
+    phases = SimpleNamespace(preset=preset, model_name="tiny-gpt2", probes=probe_set_from_pairs(pairs[:3], pairs[12:]),
+                             seed=0, device="cpu", progress=False, dir=tmp_path / "seed0", tok=sft.tokenizer,
+                             rows=[], probe_mode="shared", explain_prompts=2, attribution={})
+    curves = run_rl_phase(phases, _digits, sft.model, pairs[:12], _probe_rows)
+    assert len(curves["reward"]) == 2 and (tmp_path / "seed0" / RL_PHASE / "explain" / "meta.json").exists()
+    out = phases.attribution[RL_PHASE]
+    assert out["terms"] == [PULL, PUSH] and out["objective"]["beta"] == 0.0  # GRPO at TRL's beta 0
+    assert {"chosen", "group_best", "group_worst", "argmax_teacher_forced"} <= set(out["by_probe"])
+    chosen = out["by_probe"]["chosen"]
+    assert chosen["predicted"] == pytest.approx(chosen[PULL] + chosen[PUSH], abs=1e-9)
+    assert any(s.startswith("group_worst ") and ("A<0 push" in s or "A>0 pull" in s) for s in out["sentences"])
+    assert out["median_step_correlation"] > 0.9
