@@ -192,7 +192,7 @@ def train_rl(cfg: TrainConfig, reward_fn: RewardFn, model=None, tokenizer=None, 
     resuming = cfg.resume and (Path(cfg.out_dir) / "config.json").exists()
     run_dir = Path(cfg.out_dir) if resuming else None
     if resuming:
-        _check_resumable(cfg, run_dir)
+        _check_resumable(cfg, run_dir, hooks)  # the attribution is refused from a checkpoint (not in it)
     else:
         check_run_dir(cfg.out_dir)
     device = check_device(cfg)

@@ -124,3 +124,11 @@ def test_the_validation_rl_phase_records_its_attribution_like_the_other_phases(t
     assert chosen["predicted"] == pytest.approx(chosen[PULL] + chosen[PUSH], abs=1e-9)
     assert any(s.startswith("group_worst ") and ("A<0 push" in s or "A>0 pull" in s) for s in out["sentences"])
     assert out["median_step_correlation"] > 0.9
+
+
+def test_resuming_an_explained_rl_run_from_a_checkpoint_is_refused(tmp_path):
+    kw = dict(max_examples=8, checkpoint_every=2, explain_prompts=2)
+    cut = train_rl(_cfg(tmp_path / "cut", stop_after_steps=3, **kw), _digits)
+    assert cut.status == "stopped"
+    with pytest.raises(ValueError, match="cannot resume .* with the attribution"):
+        train_rl(_cfg(tmp_path / "cut", resume=True, **kw), _digits)
