@@ -25,7 +25,7 @@ ARGMAX_PROBE = "argmax_teacher_forced"  # llm.probes.ARGMAX_PROBE (not imported:
 __all__ = ["Explanation", "load_explanation", "explanation_table", "format_explanation", "forecast_comparison",
            "plot_explanation", "cost_report", "add_explain_arguments", "run_explain_command",
            "list_explained_runs", "list_forecast_runs", "pair_tables", "attribution_sentences", "attributed_prompts",
-           "summary_line"]
+           "summary_line", "attribution_sentence"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,21 +116,25 @@ def format_explanation(expl: Explanation) -> str:
     return "\n".join(lines)
 
 
+def attribution_sentence(label: str, measured: float, predicted: float, contributions: dict[str, float]) -> str:
+    """One sentence: how far ``label`` moved (nats) and which term did it, or which outweighed which.
+
+    ``contributions`` maps each loss term to its share of the predicted change (the optimizer's rounding is
+    inside the last term, meta.json: remainder_folded_into).
+    """
+    parts = sorted(((t, float(v)) for t, v in contributions.items()), key=lambda tv: -abs(tv[1]))
+    text = f"{label} {'rose' if measured > 0 else 'fell'} by {abs(measured):.3f} nats (predicted {predicted:+.3f})"
+    if len(parts) > 1 and parts[0][1] * parts[1][1] < 0:
+        (t0, v0), (t1, v1) = parts[:2]
+        return text + f": the {t0} ({v0:+.3f}) outweighed the {t1} ({v1:+.3f}) by {abs(v0 + v1):.3f}"
+    return text + f": because of the {parts[0][0]} ({parts[0][1]:+.3f})"
+
+
 def attribution_sentences(expl: Explanation) -> list[str]:
     """One sentence per probe type: how far it moved and which term did it (or which outweighed which)."""
-    table, out = explanation_table(expl), []
-    terms = list(expl.terms)  # the optimizer's rounding is inside the last term (meta.json: remainder_folded_into)
-    for _, row in table.iterrows():
-        parts = sorted(((t, float(row[t])) for t in terms), key=lambda tv: -abs(tv[1]))
-        text = (f"{row['probe']} {'rose' if row['measured'] > 0 else 'fell'} by {abs(row['measured']):.3f} nats "
-                f"(predicted {row['predicted']:+.3f})")
-        if len(parts) > 1 and parts[0][1] * parts[1][1] < 0:
-            (t0, v0), (t1, v1) = parts[:2]
-            text += f": the {t0} ({v0:+.3f}) outweighed the {t1} ({v1:+.3f}) by {abs(v0 + v1):.3f}"
-        else:
-            text += f": because of the {parts[0][0]} ({parts[0][1]:+.3f})"
-        out.append(text)
-    return out
+    return [attribution_sentence(row["probe"], row["measured"], row["predicted"],
+                                 {t: row[t] for t in expl.terms})
+            for _, row in explanation_table(expl).iterrows()]
 
 
 def attributed_prompts(run_dir: str | Path) -> np.ndarray | None:

@@ -4,7 +4,8 @@
 (the first N probe prompts); ``--explain-forecast`` also forecasts the off-policy DPO phases from the kernel at their
 start (``llm.forecast``). ``phase_attribution`` condenses a phase for the seed's record: the change of every probe
 type by term, the sentences ("argmax_teacher_forced rose by X nats: the y- push (+a) outweighed the y+ pull (-b)
-by X"), the fit of the prediction, and where the forecast parts from the phase.
+by X"), the fit of the prediction, and where the forecast parts from the phase. ``llm.validation.claim_attribution``
+puts these records next to the claims they explain, in claims.json and report.md.
 """
 
 from __future__ import annotations

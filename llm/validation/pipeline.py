@@ -6,6 +6,8 @@ from each; on-policy DPO from the SFT model on pairs sampled from it and ranked 
 evaluated throughout. Then the judge's win rate of extend+DPO vs baseline+DPO on held-out prompts, and Proposition 1
 (one-step prediction vs real step) on the SFT model. The claims scoreboard (``llm.validation.report``) scores every claim of
 PAPER.md section 5 with the rules written there, and the run directory gets claims.json, report.md and figures.
+With ``--explain-prompts N`` every phase also records what moved its probes (``llm.explain``), and each claim of
+claims.json and report.md gets its attribution (``llm.validation.claim_attribution``).
 
 With ``--model DIR --data FILE`` the finetuning part runs on a user's pretrained model and preference pairs instead;
 claims that need the synthetic judge (on-policy DPO, win rate) are then reported as not measured.
@@ -32,6 +34,7 @@ from llm.config import TrainConfig
 from llm.data import PreferencePair, ProbeSet, load_pairs, load_probe_set, probe_set_from_pairs
 from llm.encoding import EncodedSequence, TruncationPolicy
 from llm.probes import GREEDY_PROBE, ProbeEvaluator
+from llm.validation.claim_attribution import with_attribution
 from llm.validation.explain_phases import phase_attribution
 from llm.validation.config import ValidateConfig
 from llm.validation.judge import Judge
@@ -448,10 +451,12 @@ def _write_outputs(run_dir: Path, cfg: ValidateConfig, preset: Preset, seeds: Se
     with MetricsWriter(run_dir / "metrics.jsonl") as writer:
         writer.write_many(_mean_rows(seeds))
     regimes = evaluate_regimes(seeds, CLAIMS)
-    scored = regimes["small"]
+    # each claim with what moved its probes (the phases' attribution, through the claim's own step regime)
+    scored, large = (with_attribution(regimes[k], [r.in_regime(k) for r in seeds], cfg.explain_prompts)
+                     for k in ("small", "large"))
     context = {"preset": cfg.preset, "seeds": done, "seconds": seconds,
                "model": cfg.model or f"{preset.arch} from scratch on the synthetic world"}
-    doc = claims_document(scored, context, regimes["large"])
+    doc = claims_document(scored, context, large)
     write_json(run_dir / "claims.json", doc)
     write_json(run_dir / "seeds.json", [{"seed": r.seed, "win_rate": r.win_rate, "prop1": r.prop1,
                                          "extras": r.extras} for r in seeds])

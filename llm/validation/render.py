@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from llm.validation.claim_attribution import attribution_markdown
 from llm.validation.report import (ARGMAX, BOOTSTRAP, CONDITIONS, GREEDY, LARGE_SUFFIX, MIN_EVALS, PHASES,
                                    RESPONSE_PROBES, SeedResult, paired_bootstrap, phase_conditions)
 
@@ -123,6 +124,7 @@ def report_markdown(doc: dict[str, Any], seeds: Sequence[SeedResult], figures: d
              f"(seeds {', '.join(str(r.seed) for r in seeds)}); {doc['out_of_regime']} not in the paper's regime, "
              f"{doc['not_testable']} not testable, {doc['not_measured']} not measured. Rule: {doc['rule']}.", "",
              "## Scoreboard", ""] + _scoreboard(doc)
+    lines += [""] + attribution_markdown(doc)
     lines += ["", "## Conditions of the paper's argument at the start of each phase", "",
               "Values per seed; a bold cell marked (no) breaks the condition's rule in some seed, and every claim "
               "that needs it is then 'not in the paper's regime'.", ""] + _conditions_table(seeds)

@@ -61,7 +61,8 @@ class SeedResult:
         win_rate: the judge's extend-vs-baseline result after DPO (``Judge.win_rate`` output, with ``per_prompt``).
         prop1: loss name -> ``Prop1Result.summary()``.
         extras: anything else; read here: ``conditions[phase]`` (overlap, ches, max_step measured at the phase
-            start) and ``argmax_split[phase]`` (the per-position split of the argmax change).
+            start) and ``argmax_split[phase]`` (the per-position split of the argmax change); by
+            ``llm.validation.claim_attribution``: ``attribution[phase]`` (with --explain-prompts).
     """
 
     seed: int
@@ -100,7 +101,7 @@ class SeedResult:
             raise ValueError(f"regime must be 'small' or 'large', got {regime!r}")
         rows = tuple({**r, "phase": keep[r["phase"]]} for r in self.rows if r["phase"] in keep)
         extras = dict(self.extras)
-        for key in ("conditions", "argmax_split"):
+        for key in ("conditions", "argmax_split", "attribution"):  # per-phase records
             if key in extras:
                 extras[key] = {keep[p]: v for p, v in extras[key].items() if p in keep}
         return dataclasses.replace(self, rows=rows, extras=extras)

@@ -1,12 +1,12 @@
 """The validation pipeline: claims scoring rules, on-policy pair ranking, and a reduced run end to end."""
 
-import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from llm.validation.claim_attribution import EXPLAINS, NO_RECORD
 from llm.validation.rl_claims import RL_CLAIMS
 from llm.validation.judge import Judge
 from llm.validation.report import CLAIMS
@@ -74,22 +74,23 @@ def test_reduced_pipeline_runs_end_to_end(tmp_path):
     report = (run_dir / "report.md").read_text()
     assert "claims hold in every seed" in report and "prop1_scatter.png" in report
     assert "Conditions of the paper's argument" in report and "verdict, large steps" in report
+    # no --explain-prompts: no claim has an attribution, and neither file invents one
+    assert all(c["attribution"] == {"status": "not explained", "why": NO_RECORD}
+               for c in doc["claims"] if EXPLAINS[c["name"]].parts)
+    assert f"Not explained: {NO_RECORD}" in report and "outweighed" not in report
     rl = json.loads((run_dir / "claims_rl.json").read_text())
     assert [c["name"] for c in rl["claims"]] == [c.name for c in RL_CLAIMS] and "## Online RL" in report
     with pytest.raises(FileExistsError):
         run_validation(ValidateConfig(preset="test", seeds=(0,), out_dir=str(run_dir)))
 
 
-def test_cli_validate_stops_at_the_time_budget_and_keeps_a_complete_report(tmp_path, capsys, monkeypatch):
+def test_cli_validate_stops_at_the_time_budget_and_keeps_a_complete_report(tmp_path, capsys, monkeypatch,
+                                                                          small_preset):
     from llm.cli import main
 
     # What is checked here is the CLI and the budget's bookkeeping, not the numbers: a smaller world and schedule
     # than the test preset's (every phase still runs; the test above runs the preset itself).
-    small = dataclasses.replace(PRESETS["test"], world=WorldConfig(n_entities=4, n_probes=2, n_unrelated=40,
-                                                                   vocab_size=600),
-                                sft_epochs=1, dpo_epochs=1, sft_evals=1, dpo_evals=1, greedy_max_new_tokens=16,
-                                rl_steps=1, rl_prompts=1)
-    monkeypatch.setitem(PRESETS, "test", small)
+    monkeypatch.setitem(PRESETS, "test", small_preset)
     out = tmp_path / "budget"
     # A budget far below one seed's time: the first seed always runs, the second is skipped.
     assert main(["validate", "--preset", "test", "--seeds", "0,1", "--time-budget-s", "0.001",

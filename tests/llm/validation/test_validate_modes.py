@@ -1,23 +1,15 @@
 """``python -m llm validate --probe-mode / --share-prompts``: every phase, probe pass and DPO step runs in the mode asked."""
 
-import dataclasses
 import json
 
 import pytest
 
 import llm.probes
 from llm.validation.pipeline import PRESETS, ValidateConfig, run_validation
-from llm.validation.world import WorldConfig
-
-#: the CLI budget test's miniature of the test preset: every phase runs, in seconds.
-SMALL = dataclasses.replace(PRESETS["test"], world=WorldConfig(n_entities=4, n_probes=2, n_unrelated=40,
-                                                               vocab_size=600),
-                            sft_epochs=1, dpo_epochs=1, sft_evals=1, dpo_evals=1, greedy_max_new_tokens=16,
-                            rl_steps=1, rl_prompts=1)
 
 
-def test_full_probes_and_unshared_steps_run_in_every_phase(tmp_path, monkeypatch):
-    monkeypatch.setitem(PRESETS, "test", SMALL)
+def test_full_probes_and_unshared_steps_run_in_every_phase(tmp_path, monkeypatch, small_preset):
+    monkeypatch.setitem(PRESETS, "test", small_preset)
     modes = []  # the mode of every ProbeEvaluator the validation builds (phases, greedy, one-step, GRPO)
     init = llm.probes.ProbeEvaluator.__init__
 
@@ -38,7 +30,7 @@ def test_full_probes_and_unshared_steps_run_in_every_phase(tmp_path, monkeypatch
     assert dpo["probe_mode"] == "full" and dpo["share_prompts"] is False
 
 
-def test_the_defaults_are_the_engines(tmp_path, monkeypatch):
+def test_the_defaults_are_the_engines():
     from llm.config import TrainConfig
 
     cfg = ValidateConfig()
