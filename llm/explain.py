@@ -59,13 +59,13 @@ from llm.attribution_record import pearson, write_attribution
 from llm.encoding import EncodedBatch, collate, encode_sequence
 from llm.linearize import directional_changes, sharing_problem
 from llm.objective import EXTEND, NLL_PART, batch_loss, make_pair_batch
+from llm.update_split import WEIGHT_DECAY, UpdateSplit
 
 __all__ = ["AttributionHook", "observed_probes", "term_gradients", "UpdateSplit", "WEIGHT_DECAY", "NLL_TERM",
            "term_names",
-           "pearson", "write_attribution"]  # the last two live in llm.attribution_record
+           "pearson", "write_attribution"]  # these two live in llm.attribution_record, UpdateSplit in llm.update_split
 
 ARGMAX = "argmax_teacher_forced"  # the engine's ARGMAX_PROBE (llm.probes), scored on the y+ prefix
-WEIGHT_DECAY = "weight decay"
 NLL_TERM = "y+ (NLL)"  # an NLL (SFT) term on y+: SFT's only term, and rpo's / orpo's third
 
 
@@ -158,93 +158,6 @@ def term_gradients(model: torch.nn.Module, params: dict[str, torch.Tensor], run,
     return grads
 
 
-class UpdateSplit:
-    """Per-term update directions of a torch SGD / AdamW / RMSprop step, with one momentum buffer per term.
-
-    The arithmetic runs on the trainable parameters flattened into one vector (P,), in the order of
-    ``StepContext.params_before``: a handful of vector operations per step, whatever the number of tensors.
-    """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, terms: Sequence[str]):
-        kind = type(optimizer).__name__
-        if kind not in ("SGD", "AdamW", "RMSprop"):
-            raise ValueError(f"explain splits SGD, AdamW and RMSprop updates, not {kind}")
-        group = optimizer.param_groups[0]
-        if len(optimizer.param_groups) > 1 or group.get("amsgrad") or group.get("centered") or group.get("maximize"):
-            raise ValueError("explain needs one parameter group without amsgrad / centered / maximize")
-        self.kind, self.group, self.optimizer, self.terms = kind, group, optimizer, tuple(terms)
-        self.buffers: dict[str, torch.Tensor] = {}  # term -> (P,) momentum buffer
-        self.names: tuple[str, ...] = ()
-        self.shapes: list[torch.Size] = []
-
-    @staticmethod
-    def flatten(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-        """(P,) the tensors' values one after the other."""
-        return torch.cat([t.reshape(-1) for t in tensors])
-
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Parameter name -> view of ``flat`` (P,) shaped like the parameter."""
-        parts = torch.split(flat, [s.numel() for s in self.shapes])
-        return {n: part.view(shape) for n, part, shape in zip(self.names, parts, self.shapes)}
-
-    def _buffer(self, term: str, like: torch.Tensor) -> torch.Tensor:
-        return self.buffers.setdefault(term, torch.zeros_like(like))
-
-    def flat_directions(self, ctx, grads: dict[str, dict[str, torch.Tensor]], clip: float
-                        ) -> dict[str, torch.Tensor]:
-        """Return term -> d_k (P,), the term's part of Delta theta_t (flattened); weight decay is a term.
-
-        The optimizer remainder Delta theta_t - sum_k d_k (its rounding) is not among them: the caller takes it from
-        the real update (``AttributionHook`` folds it into the last term over each window).
-
-        Args:
-            ctx: the engine's StepContext (theta_t, the model at theta_{t+1}, the optimizer after its step).
-            grads: the terms' raw gradients at theta_t (``term_gradients`` or the engine's per-response split).
-            clip: the gradient-clipping factor the step applied (1 without clipping).
-        """
-        g, wd, lr = self.group, float(self.group["weight_decay"]), ctx.lr
-        if not self.names:
-            self.names = tuple(ctx.params_before)
-            self.shapes = [ctx.params_before[n].shape for n in self.names]
-        by_name = dict(ctx.model.named_parameters())
-        states = [self.optimizer.state[by_name[n]] for n in self.names]
-        theta = self.flatten([ctx.params_before[n] for n in self.names])  # (P,)
-        parts = {t: self.flatten([grads[t][n] for n in self.names]).mul_(clip) for t in self.terms}
-        out: dict[str, torch.Tensor] = {}
-        if self.kind == "AdamW":
-            b1, b2 = g["betas"]
-            steps = {float(st["step"]) for st in states}
-            if len(steps) != 1:
-                raise ValueError(f"explain needs every parameter stepped alike; AdamW steps differ: {sorted(steps)}")
-            k = steps.pop()
-            denom = self.flatten([st["exp_avg_sq"] for st in states]).sqrt_()  # sqrt(v_t / (1 - b2^k)) + eps
-            denom.div_((1 - b2 ** k) ** 0.5).add_(g["eps"])
-            for t, gt in parts.items():
-                m = self._buffer(t, gt).mul_(b1).add_(gt, alpha=1 - b1)
-                out[t] = (-lr / (1 - b1 ** k)) * m / denom
-            if wd:
-                out[WEIGHT_DECAY] = (-lr * wd) * theta  # decoupled: -eta lambda theta_t
-            return out
-        if wd:
-            parts[WEIGHT_DECAY] = wd * theta
-        if self.kind == "RMSprop":
-            avg = self.flatten([st["square_avg"] for st in states]).sqrt_().add_(g["eps"])
-            parts = {t: gt / avg for t, gt in parts.items()}
-        mu = float(g["momentum"])
-        for t, gt in parts.items():
-            if mu:
-                damp = 1 - g.get("dampening", 0.0) if self.kind == "SGD" and ctx.step > 1 else 1.0
-                b = self._buffer(t, gt).mul_(mu).add_(gt, alpha=damp)
-                gt = gt + mu * b if g.get("nesterov") else b
-            out[t] = -lr * gt
-        return out
-
-    def directions(self, ctx, grads: dict[str, dict[str, torch.Tensor]], clip: float
-                   ) -> dict[str, dict[str, torch.Tensor]]:
-        """``flat_directions`` by parameter name: term -> name -> d_k (the parameter's shape)."""
-        return {t: self.unflatten(d) for t, d in self.flat_directions(ctx, grads, clip).items()}
-
-
 class AttributionHook:
     """The engine hook (llm.hooks) that attributes every probe's change over a run; see the module docstring.
 
@@ -262,7 +175,9 @@ class AttributionHook:
 
     #: ask the engine for the loss gradient split by response (llm.hooks.ResponseSplit)
     wants_response_gradients = True
-    #: the per-term momentum buffers and the record are not checkpointed: the engine refuses to resume with it
+    #: its state (per-term momentum buffers, open window, record) must come back from the checkpoint
+    #: (``state_dict`` / ``load_state_dict``, which llm.training saves and restores); a loop that does not
+    #: checkpoint hook states refuses to resume with it (``llm.training._check_resumable``)
     resumable = False
 
     def __init__(self, num_prompts: int = 16, chunk_size: int = 256, out_name: str = "explain",
@@ -296,8 +211,9 @@ class AttributionHook:
         self.values, self.contributions, self.steps, self.lrs, self.remainder_norms = [], [], [], [], []
         self.window_starts, self.names = [], self.terms
         self.start, self.sums = None, None  # theta_t0 of the open window and each term's summed direction
-        self.pairs = None
-        if self.diagnose_pairs and run.rejected is not None and run.objective.needs_reference:
+        self.pairs, self.finished = None, False
+        resumed = getattr(run, "start_step", 0) > 0  # the pairs' diagnostics at the start come from the checkpoint
+        if self.diagnose_pairs and not resumed and run.rejected is not None and run.objective.needs_reference:
             from llm.pair_diagnostics import pair_diagnostics
 
             n = min(self.num_prompts, len(run.chosen))
@@ -376,7 +292,40 @@ class AttributionHook:
         self.steps.append(step), self.window_starts.append(self.start_step), self.remainder_norms.append(rem)
         self.start = self.sums = None
 
+    #: what ``state_dict`` saves: the record so far, the open window, the per-term buffers, the start's diagnostics
+    _STATE = ("values", "contributions", "steps", "window_starts", "remainder_norms", "lrs", "names", "start",
+              "start_step", "sums", "last_step", "seconds", "pair_seconds", "share", "sharing", "finished")
+
+    def state_dict(self) -> dict:
+        """The attribution's state for a checkpoint (tensors and plain data only: ``torch.load(weights_only)``)."""
+        state = {name: getattr(self, name, None) for name in self._STATE}
+        state["values"] = [torch.from_numpy(v) for v in self.values]  # numpy arrays are not plain data
+        state["contributions"] = [torch.from_numpy(c) for c in self.contributions]
+        state["names"], state["buffers"] = list(self.names), dict(self.split.buffers)
+        state["pairs"] = None if self.pairs is None else {c: self.pairs[c].tolist() for c in self.pairs.columns}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state_dict``'s state (a resumed run; after ``on_train_begin``)."""
+        device = self.observed.input_ids.device
+        for name in self._STATE:
+            setattr(self, name, state[name])
+        self.values = [v.numpy() for v in state["values"]]
+        self.contributions = [c.numpy() for c in state["contributions"]]
+        self.names = tuple(state["names"])
+        self.split.buffers = {t: b.to(device) for t, b in state["buffers"].items()}
+        if self.start is not None:
+            self.start = {n: t.to(device) for n, t in self.start.items()}
+            self.sums = {t: d.to(device) for t, d in self.sums.items()}
+        if state["pairs"] is not None:
+            import pandas as pd
+
+            self.pairs = pd.DataFrame(state["pairs"])
+
     def on_train_end(self, run) -> None:
+        if self.finished:  # resumed after the end checkpoint: the record is complete, write it again
+            self.save(run.run_dir / self.out_name)
+            return
         t0 = time.perf_counter()
         model = run.model
         if self.start is not None:  # a run stopped inside a window (stop_after_steps, the squeeze alarm)
@@ -391,6 +340,7 @@ class AttributionHook:
         model.train(was_training)
         self.values.append(final.double().cpu().numpy())
         self.seconds += time.perf_counter() - t0
+        self.finished = True
         self.save(run.run_dir / self.out_name)
 
     def save(self, out_dir: Path) -> Path:

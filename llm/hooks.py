@@ -10,6 +10,9 @@
 - ``hook.on_train_end(run)`` once, after the last step.
 
 Every method is optional. Parameters are cloned only when a hook has ``on_step``, so a run without one pays nothing.
+A hook that keeps state across steps has ``state_dict()`` (tensors and plain data) and ``load_state_dict(state)``:
+the engine saves it in every checkpoint and, on ``--resume``, gives it back after ``on_train_begin``
+(``RunContext.start_step`` > 0), so a resumed run's hooks continue as in an uninterrupted run.
 A hook with ``wants_response_gradients = True`` also gets, in ``StepContext.response_gradients``, the step's loss
 gradient split by the responses it flows through (``ResponseSplit``, one backward pass per response: on CUDA y+ and
 y- are scored in two graphs, so the two passes cost one backward's FLOPs in all; on a CPU the engine's own backward
@@ -27,7 +30,7 @@ import torch
 from llm.objective import NLL_PART
 
 __all__ = ["RunContext", "StepContext", "snapshot", "call_hooks", "hooks_from_config", "wants_response_gradients",
-           "ResponseSplit", "RESPONSES", "NLL"]
+           "ResponseSplit", "RESPONSES", "NLL", "hook_states", "check_hook_states", "restore_hooks"]
 
 #: the per-example log-prob tensors of ``llm.objective.batch_loss`` a loss gradient flows through, by response
 RESPONSES = {"chosen": "logps_chosen", "rejected": "logps_rejected"}
@@ -53,6 +56,7 @@ class RunContext:
     policy: Any  # llm.encoding.TruncationPolicy
     optimizer: torch.optim.Optimizer
     total_steps: int
+    start_step: int = 0  # > 0 when resumed from a checkpoint: the hooks' state is then restored after on_train_begin
 
 
 @dataclasses.dataclass
@@ -169,6 +173,35 @@ class ResponseSplit:
             nll = out[NLL]
             out["chosen"] = {n: g - nll[n] if n in nll else g for n, g in out["chosen"].items()}
         return out
+
+
+def _stateful(hooks: Sequence[object]) -> dict[str, object]:
+    """Hook key ("<index>:<class>", index among the hooks with a state) -> hook, for hooks with ``state_dict``."""
+    found = [h for h in hooks if hasattr(h, "state_dict") and hasattr(h, "load_state_dict")]
+    return {f"{i}:{type(h).__name__}": h for i, h in enumerate(found)}
+
+
+def hook_states(hooks: Sequence[object]) -> dict[str, Any]:
+    """The state of every hook with ``state_dict()`` (tensors and plain data), by hook key, for a checkpoint."""
+    return {key: hook.state_dict() for key, hook in _stateful(hooks).items()}
+
+
+def check_hook_states(hooks: Sequence[object], states: dict[str, Any], where: Path) -> None:
+    """Refuse to resume when the checkpoint ``where`` lacks the state of a hook that keeps one.
+
+    Raises:
+        ValueError: naming the hook and the checkpoint (e.g. a run checkpointed without the attribution).
+    """
+    missing = [key for key in _stateful(hooks) if key not in states]
+    if missing:
+        raise ValueError(f"cannot resume from {where}: it holds no state for the hook(s) {missing} (the run was "
+                         f"checkpointed without them); resume without them or train again with a new --out-dir")
+
+
+def restore_hooks(hooks: Sequence[object], states: dict[str, Any]) -> None:
+    """Give every hook with ``load_state_dict`` its state from a checkpoint (after its ``on_train_begin``)."""
+    for key, hook in _stateful(hooks).items():
+        hook.load_state_dict(states[key])
 
 
 def hooks_from_config(cfg) -> list[object]:

@@ -32,8 +32,8 @@ from llm.checkpoint import (CHECKPOINT_NAME, load_checkpoint, load_tensors, prob
 from llm.config import RESUME_FREE_FIELDS, EvalConfig, TrainConfig
 from llm.parallel import SINGLE_PROCESS, World
 from llm.encoding import encode_record, truncation_report
-from llm.hooks import (RunContext, ResponseSplit, StepContext, call_hooks, hooks_from_config, snapshot,
-                       wants_response_gradients)
+from llm.hooks import (RunContext, ResponseSplit, StepContext, call_hooks, check_hook_states, hook_states,
+                       hooks_from_config, restore_hooks, snapshot, wants_response_gradients)
 from llm.inputs import build_inputs, check_device, check_pairs_differ
 from llm.lora import AdapterFreeReference, adapters_disabled, apply_lora, is_peft_model, load_adapter
 from llm.objective import (NonFiniteLossError, Objective, batch_loss, make_pair_batch, precompute_reference_logps,
@@ -99,7 +99,9 @@ class _Plan:
         return full * self.n + min(rest * self.size, self.n)
 
 
-def _check_resumable(cfg: TrainConfig, run_dir: Path, hooks=()) -> None:
+def _check_resumable(cfg: TrainConfig, run_dir: Path, hooks=(), restores_hooks: bool = False) -> None:
+    """Refuse a resume whose config differs, of a completed run, or (in a loop that does not checkpoint its hooks'
+    state, ``restores_hooks`` False) of a run with the attribution from a checkpoint."""
     saved, now = read_json(run_dir / "config.json"), config_to_dict(cfg)
     diff = sorted(k for k in set(saved) | set(now) if k not in RESUME_FREE_FIELDS and saved.get(k) != now.get(k))
     if diff:
@@ -109,7 +111,7 @@ def _check_resumable(cfg: TrainConfig, run_dir: Path, hooks=()) -> None:
     if summary.exists() and read_json(summary).get("status") == "completed":
         raise ValueError(f"{run_dir} already completed; start a new run instead of resuming")
     attributing = cfg.explain_prompts > 0 or any(getattr(h, "resumable", True) is False for h in hooks)
-    if attributing and (run_dir / CHECKPOINT_NAME).exists():  # no checkpoint: the run starts over, record whole
+    if attributing and not restores_hooks and (run_dir / CHECKPOINT_NAME).exists():  # none: it starts over
         raise ValueError(f"cannot resume {run_dir} with the attribution (--explain-prompts): its per-term momentum "
                          f"buffers and record are not in the checkpoint, so a resumed record would cover only part "
                          f"of the run; train it again from the start with a new --out-dir")
@@ -159,8 +161,9 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     torch.manual_seed(cfg.seed)  # dropout and any other draw from torch's global generator follow --seed
     resuming = world.broadcast(cfg.resume and (Path(cfg.out_dir) / "config.json").exists())
     run_dir = Path(cfg.out_dir) if resuming else None
+    hooks = [*hooks, *hooks_from_config(cfg)]
     if resuming:
-        _check_resumable(cfg, run_dir, hooks)
+        _check_resumable(cfg, run_dir, hooks, restores_hooks=True)  # the hooks' state is in every checkpoint
     else:
         check_run_dir(cfg.out_dir)
     check_device(cfg)
@@ -203,6 +206,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
 
     ref_c = ref_r = ref_model = None
     state = load_checkpoint(run_dir, map_location=device) if resuming else None
+    if state is not None:  # before anything is rewound: a checkpoint without a hook's state is refused
+        check_hook_states(hooks, state.get("hooks", {}), run_dir / CHECKPOINT_NAME)
     reuse = resuming or not world.is_main  # other ranks read what the main process saved
     with world.main_first():
         if objective.needs_reference and cfg.reference == "precomputed":
@@ -254,12 +259,13 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     last = None
     final_probes = state.get("final_probes", {}) if state is not None else {}  # a kill after the end checkpoint
     probe_mode = state.get("probe_mode") if state is not None else None  # ditto: no probe pass runs again
-    hooks = [*hooks, *hooks_from_config(cfg)]
     if hooks and world.world_size > 1:
         raise ValueError("step hooks (explain) run in a single process only")
     run_ctx = RunContext(run_dir, cfg, model, tok, objective, chosen, rejected, ref_c, ref_r, ref_model, inputs.probes,
-                         inputs.policy, optimizer, plan.total_steps)
+                         inputs.policy, optimizer, plan.total_steps, step)
     call_hooks(hooks, "on_train_begin", run_ctx)
+    if state is not None:
+        restore_hooks(hooks, state.get("hooks", {}))
 
     monitor = (SqueezeMonitor(SqueezeRule(cfg.squeeze_min_drop, cfg.squeeze_min_rise, action=cfg.squeeze_alarm))
                if cfg.squeeze_alarm != "off" and world.is_main else None)
@@ -276,7 +282,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
             summary["squeeze_alarm"] = dataclasses.asdict(event)
             if event.action in ("stop", "checkpoint"):
                 save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                                examples_seen=seen, metrics_path=metrics_path)
+                                examples_seen=seen, metrics_path=metrics_path, extra={"hooks": hook_states(hooks)})
         return result
 
     def alarm_stops() -> bool:
@@ -349,7 +355,7 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
                 return TrainResult(run_dir, model, tok, "stopped_by_squeeze_alarm", step, seen, last, summary)
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and world.is_main:
                 save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
-                                examples_seen=seen, metrics_path=metrics_path)
+                                examples_seen=seen, metrics_path=metrics_path, extra={"hooks": hook_states(hooks)})
             if cfg.stop_after_steps is not None and step >= cfg.stop_after_steps:
                 call_hooks(hooks, "on_train_end", run_ctx)
                 bar.close()
@@ -373,7 +379,8 @@ def train(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=None,
     if cfg.checkpoint_at_end:
         save_checkpoint(run_dir, model=model, optimizer=optimizer, scheduler=scheduler, step=step,
                         examples_seen=seen, metrics_path=metrics_path,
-                        extra={"final_probes": final_probes, "probe_mode": evaluator.active_mode or probe_mode})
+                        extra={"final_probes": final_probes, "probe_mode": evaluator.active_mode or probe_mode,
+                               "hooks": hook_states(hooks)})
     if cfg.save_model and is_peft_model(model):  # adapter/ (PEFT format) and model/: the adapters merged in
         with atomic_path(run_dir / "adapter") as tmp:
             model.save_pretrained(str(tmp))

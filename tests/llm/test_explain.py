@@ -84,16 +84,38 @@ def test_with_sgd_the_real_step_prediction_is_the_existing_prop1_prediction(tmp_
     np.testing.assert_allclose(saved["contributions"][0].sum(axis=0)[rows], prop1[rows], rtol=1e-8, atol=1e-12)
 
 
-def test_resuming_an_attributed_run_from_a_checkpoint_is_refused_before_anything_is_written(tmp_path):
-    cut = _cfg(tmp_path, "cut", epochs=2, checkpoint_every=2, stop_after_steps=3, explain_prompts=2)
-    train(cut)
-    before = {p: p.stat().st_size for p in (tmp_path / "cut").rglob("*") if p.is_file()}
-    with pytest.raises(ValueError, match="cannot resume .* with the attribution"):
-        train(TrainConfig(**{**cut.__dict__, "stop_after_steps": None, "resume": True}))
-    assert {p: p.stat().st_size for p in (tmp_path / "cut").rglob("*") if p.is_file()} == before
+def test_a_resumed_attributed_run_records_what_an_uninterrupted_run_does(tmp_path):
+    # 8 steps in windows of 3; killed at step 5, resumed from the checkpoint at step 4 (inside the window 4-6)
+    kw = dict(optimizer="adamw", weight_decay=0.1, epochs=2, checkpoint_every=2, explain_prompts=2, explain_every=3,
+              dtype="float64", checkpoint_at_end=True)
+    whole = train(_cfg(tmp_path, "whole", **kw))
+    assert train(_cfg(tmp_path, "cut", stop_after_steps=5, **kw)).status == "stopped"
+    resumed = train(_cfg(tmp_path, "cut", resume=True, **kw))
+    assert resumed.status == "completed" and resumed.step == whole.step == 8
+    a, b = whole.run_dir / "explain", resumed.run_dir / "explain"
+    saved_a, saved_b = np.load(a / "attribution.npz"), np.load(b / "attribution.npz")
+    assert saved_a.files == saved_b.files
+    for key in saved_a.files:  # the same record, bit for bit: buffers, open window and start diagnostics restored
+        np.testing.assert_array_equal(saved_a[key], saved_b[key], err_msg=key)
+    meta_a, meta_b = (json.loads((d / "meta.json").read_text()) for d in (a, b))
+    for meta in (meta_a, meta_b):
+        meta.pop("seconds"), meta.pop("pair_seconds")
+    assert meta_a == meta_b and meta_a["windows"] == 3
+    assert (a / "pairs.csv").read_text() == (b / "pairs.csv").read_text()
+    summary = json.loads((b.parent / "summary.json").read_text())  # killed after the end checkpoint, before
+    (b.parent / "summary.json").write_text(json.dumps({**summary, "status": "running"}))  # the summary's last write
+    assert train(_cfg(tmp_path, "cut", resume=True, **kw)).status == "completed"
+    again = np.load(b / "attribution.npz")
+    for key in saved_a.files:  # the restored record is complete: written again as it was, no window added
+        np.testing.assert_array_equal(saved_a[key], again[key], err_msg=key)
+
+
+def test_a_checkpoint_without_the_attribution_s_state_is_refused_before_anything_is_written(tmp_path):
     plain = _cfg(tmp_path, "plain", epochs=2, checkpoint_every=2, stop_after_steps=3)
-    train(plain)  # a run without it, resumed with the hook passed in: refused too
-    with pytest.raises(ValueError, match="with the attribution"):
+    train(plain)
+    before = {p: p.stat().st_size for p in (tmp_path / "plain").rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=r"holds no state for the hook\(s\) \['0:AttributionHook'\]"):
         train(TrainConfig(**{**plain.__dict__, "stop_after_steps": None, "resume": True}),
               hooks=[AttributionHook(num_prompts=2)])
+    assert {p: p.stat().st_size for p in (tmp_path / "plain").rglob("*") if p.is_file()} == before
     assert train(TrainConfig(**{**plain.__dict__, "stop_after_steps": None, "resume": True})).status == "completed"
