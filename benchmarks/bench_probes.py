@@ -8,8 +8,8 @@ over it is the largest speed-up any exact evaluator could reach on this set. Pri
 
 Probes are the paper's HH probe file (../shared/data/paper_probes/hh_formal_prob_train.jsonl: 500 prompts, every
 probe type) when present, else derived from synthetic pairs. Every mode's per-example arrays are checked against the
-full path (largest absolute difference). ``--memory`` (or ``--memory-only``) adds each mode's peak resident memory
-above its set-up, each mode alone in a fresh process.
+full path (largest absolute difference). ``--memory`` (or ``--memory-only``) adds each mode's peak memory above its
+set-up, each mode alone in a fresh process: resident memory on a CPU, torch's allocated device memory on a GPU.
 
     python benchmarks/bench_probes.py [--probes FILE] [--num-prompts 500] [--batch-size 64] [--vocab 50257] [--device auto]
 """
@@ -140,10 +140,18 @@ def _peak_memory_child(args) -> None:
     policy = TruncationPolicy(max_prompt_tokens=256, max_response_tokens=256, prompt_overflow="left_truncate")
     evaluator = ProbeEvaluator(probes, tok, policy, batch_size=args.batch_size, mode=args.memory_child)
     before, peak_before = _rss_mib(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":  # on a GPU the evaluation's memory is the device's, not the host's
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(device)
+        gpu_before = torch.cuda.memory_allocated(device) / 2**20
     evaluator(model)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        gpu = {"gpu_above_setup_mib": round(torch.cuda.max_memory_allocated(device) / 2**20 - gpu_before, 1)}
     print(json.dumps({"mode": args.memory_child, "active_mode": evaluator.active_mode, "rss_before_mib": before,
-                      "peak_before_mib": peak_before, "peak_mib": peak}))
+                      "peak_before_mib": peak_before, "peak_mib": peak, **gpu}))
 
 
 def _peak_memory(args, tok) -> dict:
@@ -157,10 +165,18 @@ def _peak_memory(args, tok) -> dict:
                    "--device", args.device,
                    "--threads", str(args.threads)]
             child = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            if "gpu_above_setup_mib" in child:  # allocated device memory (torch's allocator), above the set-up
+                out[mode] = child["gpu_above_setup_mib"]
+                continue
             if child["peak_mib"] <= child["peak_before_mib"]:
                 raise RuntimeError(f"{mode}: the set-up peak hides the evaluation's ({child})")
             out[mode] = round(child["peak_mib"] - child["rss_before_mib"], 1)
     return out
+
+
+def _memory_figures(args, tok, device: torch.device) -> dict:
+    kind = "gpu_allocated" if device.type == "cuda" else "resident"
+    return {f"peak_{kind}_above_setup_mib": _peak_memory(args, tok)}
 
 
 def main() -> None:
@@ -191,7 +207,7 @@ def main() -> None:
     device, probes, source, tok, model, policy = _setup(args)
     if args.memory_only:
         print(json.dumps({"benchmark": "probe_evaluation_memory", "probe_source": source, "num_prompts": len(probes),
-                          "batch_size": args.batch_size, "peak_rss_above_setup_mib": _peak_memory(args, tok)},
+                          "batch_size": args.batch_size, **_memory_figures(args, tok, device)},
                          indent=2))
         return
     shared = ProbeEvaluator(probes, tok, policy, batch_size=args.batch_size, mode="shared")
@@ -237,7 +253,7 @@ def main() -> None:
                    "bound_positions": -(-len(unique) // args.bound_width) * args.bound_width},
         "max_abs_diff_shared_vs_full": _max_diff(r_shared, r_full),
         **{k: v for k, v in figures.items() if k == "max_abs_diff_paper_method_vs_full"},
-        **({"peak_rss_above_setup_mib": _peak_memory(args, tok)} if args.memory else {}),
+        **(_memory_figures(args, tok, device) if args.memory else {}),
     }, indent=2))
 
 
