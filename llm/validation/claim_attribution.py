@@ -8,7 +8,8 @@ the first-order prediction along the real optimizer steps and each loss term's s
 Most claims measure a linear combination of such changes (Delta y+ over dpo; Delta y+ - Delta y-; the mean
 Delta of the other probes over extend_dpo minus over dpo), so their attribution is the same combination of the
 records, term by term: a term of the same name in two phases (the y+ pull of extend_dpo and of dpo) is combined
-into one ("the y+ pull changed the difference by X"). ``EXPLAINS`` maps every claim to its combination (the claim
+into one ("the y+ pull changed the difference by X"). ``EXPLAINS`` maps every claim (the paper's and the GRPO
+phase's) to its combination (the claim
 -> phase and probe mapping), with a note where the claim's own measure is not that combination (a rise-then-fall,
 a count of probes, per-token changes, a per-position split), or to the reason it has none (peakiness, the
 free-running greedy response, the judge's win rate and Prop. 1's one-step check are not attributed).
@@ -24,6 +25,8 @@ import numpy as np
 
 from llm.explain_report import attribution_sentence
 from llm.validation.report import ARGMAX, CLAIMS, OTHER_PROBES, SeedResult
+
+RL_PHASE = "grpo"  # llm.validation.rl_claims.RL_PHASE (not imported: that module imports the RL engine)
 
 __all__ = ["Explains", "EXPLAINS", "claim_attribution", "with_attribution", "attribution_markdown"]
 
@@ -103,6 +106,13 @@ EXPLAINS: dict[str, Explains] = {
                                           [("onpolicy_dpo", ARGMAX)]),
     **{c.name: Explains(why_not="Proposition 1's one-step check (its own section of the report)")
        for c in CLAIMS if c.name.startswith("prop1_")},
+    # the GRPO phase's claims (llm.validation.rl_claims, scored apart: claims_rl.json)
+    "rl_reward_up": Explains(why_not="the judge's reward is not a probe's log-prob"),
+    "rl_lld_shared_gain_less": Explains(why_not="a statistic of the sampled groups' responses, not of the probes"),
+    "rl_greedy_up": Explains(why_not=_GREEDY),
+    "rl_peakier_greedy": Explains(why_not=_PEAKINESS),
+    "rl_milder_than_offpolicy": _diff(f"the {_OTHERS} over {RL_PHASE} minus over dpo", _others(RL_PHASE),
+                                      _others("dpo")),
 }
 
 
@@ -171,9 +181,9 @@ def with_attribution(scored: Sequence[dict[str, Any]], seeds: Sequence[SeedResul
     return [{**c, "attribution": claim_attribution(c["name"], seeds, prompts)} for c in scored]
 
 
-def attribution_markdown(doc: dict[str, Any]) -> list[str]:
+def attribution_markdown(doc: dict[str, Any], title: str = "What moved each claim") -> list[str]:
     """The report's section: one line per claim and step regime, its attribution or why it has none."""
-    lines = ["## What moved each claim: its attribution to the loss's terms", ""]
+    lines = [f"## {title}: its attribution to the loss's terms", ""]
     claims = doc["claims"]
     if any(c.get("attribution", {}).get("why") == NO_RECORD for c in claims):
         return lines + [f"Not explained: {NO_RECORD}; with it every phase records what moved each probe, and each "

@@ -40,7 +40,8 @@ def phase_attribution(result, cfg, start_model, tokenizer, pairs: Sequence, prob
     out: dict[str, Any] = {
         "terms": list(expl.terms), "by_probe": table.set_index("probe").to_dict(orient="index"),
         "sentences": attribution_sentences(expl), "median_step_correlation": expl.meta["median_step_correlation"],
-        "relative_error": expl.meta["relative_error"],
+        "relative_error": expl.meta["relative_error"], "optimizer": expl.meta["optimizer"],
+        "steps": expl.meta["steps"], "explain_every": expl.meta.get("explain_every", 1),
         "pair_rank_correlations": expl.meta.get("pair_rank_correlations")}
     if with_forecast and cfg.phase_name in FORECAST_PHASES:
         fdir = Path(str(result.run_dir) + "_forecast")

@@ -20,7 +20,6 @@ import dataclasses
 import json
 import multiprocessing
 import resource
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -34,17 +33,15 @@ from llm.config import TrainConfig
 from llm.data import PreferencePair, ProbeSet, load_pairs, load_probe_set, probe_set_from_pairs
 from llm.encoding import EncodedSequence, TruncationPolicy
 from llm.probes import GREEDY_PROBE, ProbeEvaluator
-from llm.validation.claim_attribution import with_attribution
 from llm.validation.explain_phases import phase_attribution
 from llm.validation.config import ValidateConfig
 from llm.validation.judge import Judge
 from llm.logps import greedy_decode
 from llm.models import load_model, resolve_device, tiny_model
-from llm.validation.prop1 import Prop1Config, plot_prop1, run_prop1, save_prop1
-from llm.validation.render import plot_baseline_vs_extend, plot_probe_curves, report_markdown
-from llm.validation.report import (CLAIMS, LARGE_SUFFIX, SeedResult, claims_document, evaluate_claims,
-                                   evaluate_regimes)
-from llm.validation.rl_claims import RL_CLAIMS, rl_markdown, run_rl_phase
+from llm.validation.prop1 import Prop1Config, run_prop1, save_prop1
+from llm.validation.report import LARGE_SUFFIX, SeedResult
+from llm.validation.outputs import write_outputs
+from llm.validation.rl_claims import run_rl_phase
 from llm.runs import read_run_metrics
 from llm.tokenization import load_tokenizer
 from llm.training import train
@@ -54,10 +51,10 @@ from llm.validation.conditions import argmax_positions, argmax_split, bigram_ove
 from llm.validation.world import PROBE_KEYS, World, WorldConfig, build_world, save_world, world_tokenizer
 from toykit.configs import config_to_dict
 from toykit.progress import LineReporter
-from toykit.runs import MetricsWriter, create_run_dir, write_json
+from toykit.runs import create_run_dir, write_json
 
 __all__ = ["Preset", "PRESETS", "ValidateConfig", "pretrain", "sample_responses", "greedy_responses",
-           "onpolicy_pairs", "run_seed", "run_validation", "main"]
+           "onpolicy_pairs", "run_seed", "run_validation"]
 
 _PROBE_STATS = ("logp_sum", "logp_mean", "entropy", "energy", "peakiness", "top1_share", "valley_share")
 
@@ -367,17 +364,6 @@ def _seed_job(cfg: ValidateConfig, preset: Preset, seed: int, seed_dir: Path):
     return run_seed(cfg, preset, seed, seed_dir)
 
 
-def _mean_rows(seeds: Sequence[SeedResult]) -> list[dict[str, Any]]:
-    """Average the seeds' probe rows point by point (same schedule in every seed) into tidy rows."""
-    groups: dict[tuple, list[float]] = {}
-    for r in seeds:
-        for row in r.rows:
-            key = (row["phase"], row["step"], row["examples_seen"], row["probe"], row["statistic"])
-            groups.setdefault(key, []).append(row["value"])
-    return [{"phase": k[0], "step": k[1], "examples_seen": k[2], "probe": k[3], "statistic": k[4],
-             "value": float(np.mean(v)), "count": len(v)} for k, v in sorted(groups.items())]
-
-
 def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
     """Run every seed, score the claims and write the run directory; return it and the claims document.
 
@@ -402,7 +388,7 @@ def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
         status = ("completed" if len(seeds) == len(cfg.seeds)
                   else f"stopped by the time budget after {len(seeds)} of {len(cfg.seeds)} seeds" if stopped
                   else f"partial: {len(seeds)} seed(s) done")
-        return _write_outputs(run_dir, cfg, preset, seeds, prop1_results, time.perf_counter() - t0, status)
+        return write_outputs(run_dir, cfg, preset, seeds, prop1_results, time.perf_counter() - t0, status)
 
     try:
         if cfg.threads:
@@ -441,53 +427,3 @@ def run_validation(cfg: ValidateConfig) -> tuple[Path, dict[str, Any]]:
     summary["cpu_seconds"] = sum(u.ru_utime + u.ru_stime for u in usage)  # all processes: a figure load-free
     write_json(run_dir / "summary.json", summary)
     return run_dir, doc
-
-
-def _write_outputs(run_dir: Path, cfg: ValidateConfig, preset: Preset, seeds: Sequence[SeedResult],
-                   prop1_results: list, seconds: float, status: str) -> dict[str, Any]:
-    """(Re)write metrics.jsonl, claims.json, seeds.json, figures, report.md and summary.json for ``seeds``."""
-    done = [r.seed for r in seeds]
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # rewritten whole: this run's own file, never appended
-    with MetricsWriter(run_dir / "metrics.jsonl") as writer:
-        writer.write_many(_mean_rows(seeds))
-    regimes = evaluate_regimes(seeds, CLAIMS)
-    # each claim with what moved its probes (the phases' attribution, through the claim's own step regime)
-    scored, large = (with_attribution(regimes[k], [r.in_regime(k) for r in seeds], cfg.explain_prompts)
-                     for k in ("small", "large"))
-    context = {"preset": cfg.preset, "seeds": done, "seconds": seconds,
-               "model": cfg.model or f"{preset.arch} from scratch on the synthetic world"}
-    doc = claims_document(scored, context, large)
-    write_json(run_dir / "claims.json", doc)
-    write_json(run_dir / "seeds.json", [{"seed": r.seed, "win_rate": r.win_rate, "prop1": r.prop1,
-                                         "extras": r.extras} for r in seeds])
-    figures = _figures(run_dir, seeds, prop1_results[0])
-    header = (f"# Validation report: do the paper's predictions hold on a real transformer?\n\n"
-              f"Preset `{cfg.preset}`, model: {context['model']}, seeds {done}, "
-              f"{seconds:.0f} s in total ({status}). Regenerate with `python -m llm validate --preset {cfg.preset}`.")
-    report = report_markdown(doc, seeds, figures, header)
-    with_rl = [r for r in seeds if "rl" in r.extras]
-    if with_rl:  # the GRPO phase's claims, scored apart from the paper's (llm.validation.rl_claims)
-        rl_doc = claims_document(evaluate_claims(with_rl, RL_CLAIMS), context)
-        write_json(run_dir / "claims_rl.json", rl_doc)
-        report += rl_markdown(rl_doc, with_rl)
-    (run_dir / "report.md").write_text(report)
-    write_json(run_dir / "summary.json", {"status": status, "seeds_done": done, "seconds": seconds,
-                                          "held": doc["held"], "total": doc["total"]})
-    return doc
-
-
-def _figures(run_dir: Path, seeds: Sequence[SeedResult], prop1_results: list) -> dict[str, str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = {}
-    for name, fig in (("probe_curves", plot_probe_curves(seeds)),
-                      ("probe_curves_per_token", plot_probe_curves(seeds, "logp_mean")),
-                      ("baseline_vs_extend", plot_baseline_vs_extend(seeds)),
-                      ("prop1_scatter", plot_prop1(prop1_results))):
-        fig.savefig(run_dir / f"{name}.png", dpi=80)
-        plt.close(fig)
-        out[name] = f"{name}.png"
-    return out
-

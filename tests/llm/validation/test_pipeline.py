@@ -78,6 +78,8 @@ def test_reduced_pipeline_runs_end_to_end(tmp_path):
     assert all(c["attribution"] == {"status": "not explained", "why": NO_RECORD}
                for c in doc["claims"] if EXPLAINS[c["name"]].parts)
     assert f"Not explained: {NO_RECORD}" in report and "outweighed" not in report
+    assert "Not measured: the run had no `--explain-prompts N`." in report  # Prop. 1 along the real steps
+    assert "Regenerate with `python -m llm validate --preset test --seeds 0,1`." in report
     rl = json.loads((run_dir / "claims_rl.json").read_text())
     assert [c["name"] for c in rl["claims"]] == [c.name for c in RL_CLAIMS] and "## Online RL" in report
     with pytest.raises(FileExistsError):
