@@ -103,7 +103,8 @@ def format_explanation(expl: Explanation) -> str:
     window = "per-step" if every == 1 else f"per-window ({meta['windows']} windows of {every} steps)"
     lines = [f"{expl.run_dir}: {meta['loss']} with {meta['optimizer']}, {meta['steps']} steps, "
              f"{meta['num_prompts']} prompts attributed; {window} r(predicted, measured) median "
-             f"{meta['median_step_correlation']:.4f}, cumulative relative error {meta['relative_error']:.3f}",
+             f"{_number(meta['median_step_correlation'], '.4f')}, cumulative relative error "
+             f"{_number(meta['relative_error'], '.3f')}",
              "change of the summed log-prob from step 0 (nats, mean over prompts):"]
     table = explanation_table(expl)
     lines.append(table.to_string(index=False, float_format=lambda v: f"{v:+.3f}"))
@@ -114,6 +115,14 @@ def format_explanation(expl: Explanation) -> str:
                      f"correlations across pairs; entk_delta_chosen = the kernel's one-step change of y+ under DPO):")
         lines.append(pd.DataFrame(corr).to_string(float_format=lambda v: f"{v:+.2f}"))
     return "\n".join(lines)
+
+
+def _number(value, spec: str) -> str:
+    """``value`` formatted, or "n/a" when the record has none (null in meta.json: no step moved any probe, e.g. an RL
+    run whose groups all tied, so no correlation or relative error exists)."""
+    if value is None or not np.isfinite(value):
+        return "n/a (no probe moved)"
+    return format(value, spec)
 
 
 def attribution_sentence(label: str, measured: float, predicted: float, contributions: dict[str, float]) -> str:

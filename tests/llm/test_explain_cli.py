@@ -39,3 +39,20 @@ def test_forecast_warns_when_asked_for_the_shared_probe_mode(tmp_path):
         warnings.simplefilter("always")
         assert main(["forecast", "--loss", "dpo", *_SMALL, "--out-dir", str(tmp_path / "default")]) == 0
     assert not [w for w in seen if "linearised model" in str(w.message)]
+
+
+def test_a_record_where_no_probe_moved_prints_instead_of_crashing(tmp_path):
+    # An RL run whose every group tied (no advantage, no step moved a probe) saves its median r and relative
+    # error as null: the report says n/a instead of raising on the format.
+    import numpy as np
+
+    from llm.explain_report import Explanation, format_explanation
+
+    zeros = np.zeros((1, 3))
+    meta = {"explain_every": 1, "windows": 2, "loss": "grpo", "optimizer": "adamw", "steps": 2, "num_prompts": 2,
+            "median_step_correlation": None, "relative_error": float("nan")}
+    expl = Explanation(tmp_path, ("chosen",), ("A>0 pull", "A<0 push"), np.arange(3), zeros, zeros,
+                       np.zeros((1, 2, 3)), meta)
+    text = format_explanation(expl)
+    assert "median n/a (no probe moved), cumulative relative error n/a (no probe moved)" in text
+    assert "chosen" in text
