@@ -192,14 +192,14 @@ def attribution_markdown(doc: dict[str, Any], title: str = "What moved each clai
     lines += ["Changes of summed log-probs in nats over the first probe prompts (`--explain-prompts`), measured and "
               "predicted along the real optimizer steps, with each term's share (claims.json: `attribution`, "
               "per seed).", ""]
-    for c in claims:
+    for c in claims:  # the step regime is named where the document has two (the paper's claims; RL has one)
         for label, entry in (("small steps", c), ("large steps", large.get(c["name"]))):
             if entry is None:
                 continue
             att = entry.get("attribution") or {"status": NOT_EXPLAINED, "why": "no attribution recorded"}
+            head = f"- `{c['name']}` ({label}):" if large else f"- `{c['name']}`:"
             if att["status"] == "explained":
-                note = f" Note: {att['note']}." if att["note"] else ""
-                lines.append(f"- `{c['name']}` ({label}): {att['summary']}.{note}")
+                lines.append(f"{head} {att['summary']}." + (f" Note: {att['note']}." if att["note"] else ""))
             else:
-                lines.append(f"- `{c['name']}` ({label}): not explained ({att['why']}).")
+                lines.append(f"{head} not explained ({att['why']}).")
     return lines

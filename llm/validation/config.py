@@ -48,6 +48,10 @@ class ValidateConfig:
     explain_prompts: int = field(default=0, metadata={
         "help": "> 0: attribute every phase's probe changes to the loss's terms for the first this many probe prompts "
                 "(llm.explain; each phase's explain/ folder, and per-phase sentences in the seed's record)"})
+    explain_every: int = field(default=1, metadata={
+        "help": "with --explain-prompts: attribution window in optimizer steps (1 = every step; the engine's "
+                "--explain-every): the first-order change is taken once per window, which cuts the attribution's "
+                "cost; the report's Prop. 1 section gives the fit per window"})
     explain_forecast: bool = field(default=False, metadata={
         "help": "with --explain-prompts: also forecast the off-policy DPO phases from the kernel at their start "
                 "(llm.forecast, in <phase>_forecast/) and record where each probe's forecast parts"})
@@ -65,5 +69,7 @@ class ValidateConfig:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         if self.explain_prompts < 0:
             raise ValueError(f"explain_prompts must be >= 0, got {self.explain_prompts}")
+        if self.explain_every < 1:
+            raise ValueError(f"explain_every must be >= 1, got {self.explain_every}")
         if self.held_out < 1 or self.num_probes < 2:
             raise ValueError(f"held_out must be >= 1 and num_probes >= 2, got {self.held_out}, {self.num_probes}")

@@ -211,6 +211,7 @@ class _Phases:
         self.device, self.progress, self.model_name = device, cfg.progress, model_name
         self.probe_mode, self.share_prompts = cfg.probe_mode, cfg.share_prompts
         self.explain_prompts, self.explain_forecast = cfg.explain_prompts, cfg.explain_forecast
+        self.explain_every = cfg.explain_every
         self.rows: list[dict[str, Any]] = []
         self.conditions: dict[str, dict[str, float]] = {}
         self.argmax_split: dict[str, dict[str, float]] = {}
@@ -236,7 +237,8 @@ class _Phases:
                           dtype=p.dtype, bf16=p.bf16, device=self.device, seed=self.seed, save_model=False,
                           checkpoint_at_end=False, probe_batch_size=p.probe_batch_size,
                           probe_mode=self.probe_mode, share_prompts=self.share_prompts, progress=self.progress,
-                          out_dir=str(self.dir / name), explain_prompts=self.explain_prompts)
+                          out_dir=str(self.dir / name), explain_prompts=self.explain_prompts,
+                          explain_every=self.explain_every)
         t0 = time.perf_counter()
         probe_pairs = list(pairs[: max(len(self.probes), 64)])
         self.conditions[name] = {"overlap": bigram_overlap(self.tok, probe_pairs),

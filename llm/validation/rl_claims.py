@@ -95,7 +95,7 @@ def run_rl_phase(phases, reward: Callable[[list[str], list[str]], list[float]], 
                       bf16=p.bf16, device=phases.device, seed=phases.seed, save_model=False,
                       checkpoint_at_end=False, probe_batch_size=p.probe_batch_size, probe_mode=phases.probe_mode,
                       progress=phases.progress, out_dir=str(phases.dir / RL_PHASE),
-                      explain_prompts=phases.explain_prompts)
+                      explain_prompts=phases.explain_prompts, explain_every=phases.explain_every)
     result = train_rl(cfg, reward, model=copy.deepcopy(start_model), tokenizer=phases.tok, pairs=list(pairs),
                       probes=phases.probes)
     if cfg.explain_prompts:

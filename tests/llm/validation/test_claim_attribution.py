@@ -28,7 +28,8 @@ def test_every_claim_is_mapped_to_its_probes_or_to_why_it_has_none():
 def explained(tmp_path_factory, small_preset):
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(PRESETS, "test", small_preset)
-        run_dir, doc = run_validation(ValidateConfig(preset="test", seeds=(0, 1), explain_prompts=2, workers=2,
+        run_dir, doc = run_validation(ValidateConfig(preset="test", seeds=(0, 1), explain_prompts=2, explain_every=2,
+                                                     workers=2,
                                                      progress=False,
                                                      out_dir=str(tmp_path_factory.mktemp("e") / "v")))
     return run_dir, json.loads((run_dir / "claims.json").read_text())
@@ -112,7 +113,7 @@ def test_the_rl_claims_are_explained_by_the_grpo_phase_and_dpo(explained):
     _check(run_dir, rl["rl_milder_than_offpolicy"], "rl_milder_than_offpolicy")
     assert rl["rl_reward_up"] == {"status": "not explained", "why": EXPLAINS["rl_reward_up"].why_not}
     report = (run_dir / "report.md").read_text()
-    assert f"- `rl_milder_than_offpolicy` (small steps): {rl['rl_milder_than_offpolicy']['summary']}." in \
+    assert f"- `rl_milder_than_offpolicy`: {rl['rl_milder_than_offpolicy']['summary']}." in \
         report[report.index("## What moved each RL claim"):]
 
 
@@ -120,6 +121,8 @@ def test_the_report_shows_prop1_along_the_real_steps_and_the_command(explained):
     run_dir, _ = explained
     report = (run_dir / "report.md").read_text()
     meta = json.loads((run_dir / "seed_1" / "extend_dpo" / "explain" / "meta.json").read_text())
-    assert (f"| 1 | extend_dpo | {meta['optimizer']} | {meta['steps']} (1) | {meta['median_step_correlation']:.4f} | "
+    assert meta["explain_every"] == 2  # --explain-every reaches every phase
+    assert (f"| 1 | extend_dpo | {meta['optimizer']} | {meta['steps']} (2) | {meta['median_step_correlation']:.4f} | "
             in report[report.index("## Proposition 1"):])
-    assert "Regenerate with `python -m llm validate --preset test --seeds 0,1 --explain-prompts 2`" in report
+    assert "Regenerate with `python -m llm validate --preset test --seeds 0,1 --explain-prompts 2 --explain-every 2`" \
+        in report

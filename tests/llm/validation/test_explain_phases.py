@@ -31,3 +31,8 @@ def test_a_dpo_phase_is_condensed_with_sentences_and_the_forecast(tmp_path, gpt2
 def test_explain_prompts_must_not_be_negative():
     with pytest.raises(ValueError, match="explain_prompts must be >= 0"):
         ValidateConfig(explain_prompts=-1)
+
+
+def test_explain_every_must_be_positive():
+    with pytest.raises(ValueError, match="explain_every must be >= 1"):
+        ValidateConfig(explain_every=0)
