@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from llm.config import TrainConfig
 from llm.encoding import collate

@@ -175,7 +175,7 @@ def test_the_validation_rl_phase_records_its_attribution_like_the_other_phases(t
     preset = dataclasses.replace(PRESETS["test"], rl_steps=2, rl_prompts=2, rl_generations=4, greedy_max_new_tokens=6)
     phases = SimpleNamespace(preset=preset, model_name="tiny-gpt2", probes=probe_set_from_pairs(pairs[:3], pairs[12:]),
                              seed=0, device="cpu", progress=False, dir=tmp_path / "seed0", tok=sft.tokenizer,
-                             rows=[], probe_mode="shared", explain_prompts=2, attribution={})
+                             rows=[], probe_mode="shared", explain_prompts=2, explain_every=1, attribution={})
     curves = run_rl_phase(phases, _digits, sft.model, pairs[:12], _probe_rows)
     assert len(curves["reward"]) == 2 and (tmp_path / "seed0" / RL_PHASE / "explain" / "meta.json").exists()
     out = phases.attribution[RL_PHASE]
