@@ -184,7 +184,8 @@ class TrainConfig(_ModelData):
     explain_prompts: int = _f(0, "> 0: attribute every probe's per-step change of the first this many probe "
                               "prompts to the loss's terms along the real optimizer update (llm.explain; saved "
                               "under explain/; read with `python -m llm explain RUN_DIR`). Its state is in every "
-                              "checkpoint, so a --resume'd run records what an uninterrupted one does")
+                              "checkpoint, so a --resume'd run records what an uninterrupted one does (SFT/DPO/paired "
+                              "losses; an online-RL run refuses --resume with it)")
     explain_every: int = _f(1, "with --explain-prompts: attribution window in optimizer steps (1 = every step). The "
                                "update is split into its terms at every step; the first-order change along each "
                                "term's summed update is taken once per window, at the window's start, and compared "

@@ -43,7 +43,8 @@ class ValidateConfig:
     share_prompts: bool = field(default=True, metadata={
         "help": "the DPO phases: run each pair's prompt once and score y+ and y- from its key/value cache, in the "
                 "policy step and the reference (same values to float32 rounding; off, or a model that cannot, "
-                "scores them as separate sequences)"})
+                "scores them as separate sequences). As in the engine, only prompts averaging at least 24 tokens "
+                "are shared (--share-prompts-min-tokens of llm train): the world's ~15-token prompts are not"})
 
     explain_prompts: int = field(default=0, metadata={
         "help": "> 0: attribute every phase's probe changes to the loss's terms for the first this many probe prompts "

@@ -72,8 +72,8 @@ def write_outputs(run_dir: Path, cfg: ValidateConfig, preset, seeds: Sequence[Se
 def rerun_command(cfg: ValidateConfig) -> str:
     """The command that reruns this validation: its preset, its seeds and the options not at their defaults."""
     default, parts = ValidateConfig(), [f"python -m llm validate --preset {cfg.preset}"]
-    for name in ("seeds", "model", "data", "probes", "probe_mode", "share_prompts", "explain_prompts",
-                 "explain_every", "explain_forecast"):
+    for name in ("seeds", "model", "data", "probes", "held_out", "num_probes", "device", "time_budget_s", "probe_mode",
+                 "share_prompts", "explain_prompts", "explain_every", "explain_forecast"):
         value = getattr(cfg, name)
         if value != getattr(default, name):
             text = (",".join(map(str, value)) if isinstance(value, tuple)
