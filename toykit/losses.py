@@ -203,7 +203,8 @@ def rpo(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths=None,
     References: Pang et al. 2024, "Iterative Reasoning Preference Optimization" (DPO + NLL), TRL's rpo_alpha.
     Hyperparameters: beta: as in DPO; alpha: weight of the per-token NLL on y+.
     """
-    return dpo(lp_c, lp_r, ref_c, ref_r, beta=beta) - alpha * lp_c / _count(chosen_lengths, lp_c)
+    return dpo(lp_c, lp_r, ref_c, ref_r, beta=beta) + _rpo_nll(lp_c, lp_r, ref_c, ref_r,
+                                                              chosen_lengths=chosen_lengths, alpha=alpha)
 
 
 def _rpo_grad(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths=None, beta=BETA, alpha=1.0):
@@ -212,7 +213,11 @@ def _rpo_grad(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths
 
 
 def _rpo_nll(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths=None, beta=BETA, alpha=1.0):
-    return -alpha * lp_c / _count(chosen_lengths, lp_c)  # the NLL term of rpo: alpha (-lp+/|y+|)
+    """The NLL term of rpo (its LossSpec.nll, what the attribution splits out of the y+ pull).
+
+    Math: L_NLL = alpha (-lp+/|y+|).
+    """
+    return -alpha * lp_c / _count(chosen_lengths, lp_c)
 
 
 def apo_zero(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths=None, beta=BETA):
@@ -301,8 +306,8 @@ def orpo(lp_c, lp_r, ref_c=None, ref_r=None, *, chosen_lengths=None, rejected_le
     (TRL's odds_ratio_loss; TRL calls the paper's lambda beta).
     Hyperparameters: beta: weight of the odds-ratio term relative to the NLL (the paper's lambda).
     """
-    m_c, _, log_odds, _ = _orpo_parts(lp_c, lp_r, chosen_lengths, rejected_lengths)
-    return -m_c - beta * F.logsigmoid(log_odds)
+    _, _, log_odds, _ = _orpo_parts(lp_c, lp_r, chosen_lengths, rejected_lengths)
+    return _orpo_nll(lp_c, lp_r, chosen_lengths=chosen_lengths) - beta * F.logsigmoid(log_odds)
 
 
 def _orpo_grad(lp_c, lp_r, ref_c=None, ref_r=None, *, chosen_lengths=None, rejected_lengths=None, beta=BETA):
@@ -313,7 +318,11 @@ def _orpo_grad(lp_c, lp_r, ref_c=None, ref_r=None, *, chosen_lengths=None, rejec
 
 
 def _orpo_nll(lp_c, lp_r, ref_c=None, ref_r=None, *, chosen_lengths=None, rejected_lengths=None, beta=BETA):
-    return -lp_c / _count(chosen_lengths, lp_c)  # the NLL term of orpo: -m+ = -lp+/|y+|
+    """The NLL term of orpo (its LossSpec.nll).
+
+    Math: L_NLL = -m+ = -lp+/|y+|.
+    """
+    return -lp_c / _count(chosen_lengths, lp_c)
 
 
 # ---- the registry ----

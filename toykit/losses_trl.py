@@ -209,8 +209,8 @@ def rpo_batch(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths
     References: Pang et al. 2024 (RPO); TRL 1.16 loss_type=["sigmoid", "sft"], loss_weights=[1, alpha].
     Hyperparameters: beta: as in DPO; alpha: weight of the batch token-mean NLL on y+.
     """
-    return -F.logsigmoid(beta * ((lp_c - ref_c) - (lp_r - ref_r))) - alpha * lp_c / _batch_mean_length(
-        chosen_lengths, lp_c)
+    return -F.logsigmoid(beta * ((lp_c - ref_c) - (lp_r - ref_r))) + _rpo_batch_nll(
+        lp_c, lp_r, ref_c, ref_r, chosen_lengths=chosen_lengths, alpha=alpha)
 
 
 def _rpo_batch_grad(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths=None, beta=BETA, alpha=1.0):
@@ -219,4 +219,8 @@ def _rpo_batch_grad(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_l
 
 
 def _rpo_batch_nll(lp_c, lp_r, ref_c, ref_r, *, chosen_lengths=None, rejected_lengths=None, beta=BETA, alpha=1.0):
-    return -alpha * lp_c / _batch_mean_length(chosen_lengths, lp_c)  # the NLL term of rpo_batch
+    """The NLL term of rpo_batch (its LossSpec.nll).
+
+    Math: L_NLL = -alpha lp+ / mean_batch |y+|.
+    """
+    return -alpha * lp_c / _batch_mean_length(chosen_lengths, lp_c)
