@@ -115,6 +115,11 @@ def _check_resumable(cfg: TrainConfig, run_dir: Path, hooks=(), restores_hooks: 
         raise ValueError(f"cannot resume {run_dir} with the attribution (--explain-prompts): its per-term momentum "
                          f"buffers and record are not in the checkpoint, so a resumed record would cover only part "
                          f"of the run; train it again from the start with a new --out-dir")
+    stateless = [type(h).__name__ for h in hooks if getattr(h, "resumable", True) is False
+                 and not (hasattr(h, "state_dict") and hasattr(h, "load_state_dict"))]
+    if stateless and (run_dir / CHECKPOINT_NAME).exists():  # a hook that needs its state but cannot save it
+        raise ValueError(f"cannot resume {run_dir} with the hook(s) {stateless}: they are not resumable and keep "
+                         f"no state_dict to restore; train again from the start with a new --out-dir")
 
 
 def _evaluate(evaluator: ProbeEvaluator, model, run_dir: Path, writer: MetricsWriter, step: int, seen: int,

@@ -1,5 +1,7 @@
 """llm.hooks: the engine's per-step hook sees theta_t, the real update Delta theta_t and the run's inputs."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -57,3 +59,16 @@ def test_a_run_with_the_attribution_trains_the_very_same_model(tmp_path):
     assert (b.run_dir / "explain" / "meta.json").exists() and a.summary["share_prompts"]
     for (na, pa), (nb, pb) in zip(a.model.named_parameters(), b.model.named_parameters()):
         assert na == nb and torch.equal(pa, pb)  # the split adds a backward pass, never changes the run's own
+
+
+def test_a_stateful_hook_without_a_state_dict_is_refused_on_resume(tmp_path):
+    # A hook that says it is not resumable and keeps no state_dict cannot be restored: resuming with it from a
+    # checkpoint is refused before anything is rewound (the attribution saves its state and resumes, test_explain).
+    class _Stateless(_Recorder):
+        resumable = False
+
+    cfg = _cfg(tmp_path, optimizer="sgd", checkpoint_every=1)
+    assert train(dataclasses.replace(cfg, stop_after_steps=2), hooks=[_Stateless()]).status == "stopped"
+    with pytest.raises(ValueError, match=r"hook\(s\) \['_Stateless'\]: they are not resumable"):
+        train(dataclasses.replace(cfg, resume=True), hooks=[_Stateless()])
+    assert train(dataclasses.replace(cfg, resume=True), hooks=[_Recorder()]).status == "completed"
