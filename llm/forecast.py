@@ -131,7 +131,7 @@ def forecast(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=No
     result = train(fcfg, model=lin, tokenizer=inputs.tokenizer, pairs=pairs, probes=inputs.probes, hooks=hooks)
     seconds = time.perf_counter() - t0
     cost = {"kind": "logits linearised at the start (softmax exact), the run's recipe", "seconds": seconds,
-            "overridden": {name: {"asked": asked, "used": used} for name, (asked, used) in overrides.items()},
+            "overridden": {name: {"configured": asked, "used": used} for name, (asked, used) in overrides.items()},
             "train_seconds": result.summary.get("train_seconds"), "probe_seconds": result.summary.get("probe_seconds"),
             "steps": result.step, "seconds_per_step": (result.summary.get("train_seconds") or 0) / max(result.step, 1)}
     write_json(result.run_dir / "forecast.json", cost)
@@ -140,7 +140,7 @@ def forecast(cfg: TrainConfig, model=None, tokenizer=None, pairs=None, probes=No
 
 
 def forecast_overrides(cfg: TrainConfig) -> dict[str, tuple[object, object]]:
-    """Field -> (asked, used) for the fields of ``cfg`` a forecast cannot honour and replaces.
+    """Field -> (configured, used) for the fields of ``cfg`` a forecast cannot honour and replaces.
 
     A linearised model has no key/value cache to continue from, so its probes run one sequence per response
     (probe_mode full) and y+ and y- are scored as separate sequences (share_prompts off): the same values.

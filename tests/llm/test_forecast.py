@@ -138,5 +138,5 @@ def test_the_forecast_overrides_are_recorded_and_warned_for_when_asked(tmp_path)
         assert warn_overrides(cfg, {"lr"}) == []  # the defaults, not asked for: no warning
     fc = forecast(_cfg(tmp_path, "fc", epochs=1))
     saved = json.loads((fc.run_dir / "forecast.json").read_text())
-    assert saved["overridden"] == {"probe_mode": {"asked": "shared", "used": "full"},
-                                   "share_prompts": {"asked": True, "used": False}}
+    assert saved["overridden"] == {"probe_mode": {"configured": "shared", "used": "full"},
+                                   "share_prompts": {"configured": True, "used": False}}
