@@ -33,7 +33,7 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from toykit.group_losses import compute_group_loss
+from toykit.group_losses import compute_group_weights
 
 __all__ = ["PULL", "PUSH", "KL", "GroupObjective", "group_terms", "group_term_weights", "group_term_backward",
            "rl_hooks_from_config"]
@@ -66,11 +66,9 @@ def group_terms(hparams: Mapping[str, float]) -> tuple[str, ...]:
 
 
 def _weights(name: str, logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor, ref_logps, hparams):
-    """w = dL/dl (B, T) by autograd on a detached copy of ``logps`` (the run's graph is left alone)."""
-    leaf = logps.detach().requires_grad_(True)
-    with torch.enable_grad():
-        loss = compute_group_loss(name, leaf, old_logps, advantages, mask, ref_logps, **hparams)
-        return torch.autograd.grad(loss, leaf)[0]
+    """w = dL/dl (B, T): the group objective's closed form (``toykit.group_losses.compute_group_weights``, tested
+    against autograd there), on detached inputs (the run's graph is left alone)."""
+    return compute_group_weights(name, logps, old_logps, advantages, mask, ref_logps, **hparams)
 
 
 def group_term_weights(name: str, logps: Tensor, old_logps: Tensor, advantages: Tensor, mask: Tensor,
