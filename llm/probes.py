@@ -241,15 +241,15 @@ class ProbeEvaluator:
                 owners = [g for g, _ in chunk]
                 responses = [self.items[k][2].response_ids for _, k in chunk]
                 stats = self._continuation_stats(model, prefix, owners, responses, head)
-                rows = list(range(len(chunk)))[-_SELF_CHECK_ROWS:]  # the batch's longest responses
                 if self.active_mode is None:  # first batch on this evaluator: the full path must agree
-                    reference = self._reference_stats(model, device, [chunk[row][1] for row in rows])
-                    stats_checked = {k: v[rows] for k, v in stats.items()}
+                    checked = slice(-_SELF_CHECK_ROWS, None)  # the batch's longest responses
+                    reference = self._reference_stats(model, device, [k for _, k in chunk[checked]])
+                    stats_checked = {k: v[checked] for k, v in stats.items()}
                     if head is not None and not _agree(reference, stats_checked):
                         head = None  # logits post-processed beyond the head: score the model's own logits
                         self._use_head = False
                         stats = self._continuation_stats(model, prefix, owners, responses, head)
-                        stats_checked = {k: v[rows] for k, v in stats.items()}
+                        stats_checked = {k: v[checked] for k, v in stats.items()}
                     if not _agree(reference, stats_checked):
                         raise SharingUnsupported(f"its cached continuation differs from the full forward pass by "
                                                  f"{_difference(reference, stats_checked):.3g} nats on the first batch")
